@@ -1,0 +1,22 @@
+//! Kubernetes API machinery shared by rkube components, with no IO.
+//!
+//! - [`registry`]: the built-in resources rkube serves (group, version, kind, plural,
+//!   scope, verbs, subresources) - the single source for routing and discovery.
+//! - [`status`]: `metav1.Status` errors with upstream reasons and messages.
+//! - [`selectors`]: label and field selectors.
+//! - [`defaults`] and [`validation`]: per-kind defaulting and validation of JSON objects.
+//! - [`table`]: `meta.k8s.io/v1` Table columns and cells for `kubectl get`.
+//!
+//! Objects are handled as `serde_json::Value` so the API server can store exactly what
+//! clients send (unknown fields included) while still checking the parts it understands.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod defaults;
+pub mod registry;
+pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod validation;
+
+pub use registry::{ResourceInfo, REGISTRY};
+pub use status::{ApiError, StatusCause};

@@ -1,0 +1,1 @@
+//! The embedded backend. (Skeleton: filled in by the store work item.)

@@ -1,1 +1,76 @@
-fn main() {}
+//! rkube-apiserver: parses flags, sets up logging, and hands over to `rkube_apiserver::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rkube_apiserver::{Config, StorageConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "rkube-apiserver", version, about = "The rkube API server (Kubernetes REST API)")]
+struct Flags {
+    /// Address to listen on. Loopback by default: expose the API deliberately.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// Directory of the embedded store (used unless --etcd-servers is given).
+    #[arg(long, default_value = "./rkube-data")]
+    data_dir: PathBuf,
+    /// Comma-separated etcd client URLs; selects the etcd backend.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// CIDR for Service ClusterIPs.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// Watch events kept for watchers resuming from an older resourceVersion.
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: usize,
+    /// Seconds between storage compactions.
+    #[arg(long, default_value_t = 300)]
+    compaction_interval_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let flags = Flags::parse();
+    let storage = if flags.etcd_servers.is_empty() {
+        StorageConfig::Embedded { data_dir: flags.data_dir }
+    } else {
+        StorageConfig::Etcd { endpoints: flags.etcd_servers }
+    };
+    let mut config = Config::new(storage);
+    config.service_cluster_ip_range = flags.service_cluster_ip_range;
+    config.watch_history = flags.watch_history;
+    config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
+    let addr = SocketAddr::new(flags.bind_address, flags.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    // Printed for scripts that start us on port 0.
+    println!("listening on {}", listener.local_addr()?);
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    rkube_apiserver::run(config, listener, shutdown).await?;
+    Ok(())
+}

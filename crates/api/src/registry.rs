@@ -330,6 +330,18 @@ pub static REGISTRY: &[ResourceInfo] = &[
         tracks_generation: true,
     },
     ResourceInfo {
+        group: "autoscaling",
+        version: "v1",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: &["all"],
+        subresources: WORKLOAD_STATUS,
+        tracks_generation: false,
+    },
+    ResourceInfo {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
@@ -389,10 +401,6 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     }
     out
 }
-
-/// Extra (group, version) pairs that are served only as subresource kinds, so that
-/// discovery lists them for clients that look them up (autoscaling/v1 Scale).
-pub const SUBRESOURCE_ONLY_GROUPS: &[(&str, &str)] = &[("autoscaling", "v1")];
 
 #[cfg(test)]
 mod tests {

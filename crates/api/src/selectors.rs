@@ -1,7 +1,15 @@
 //! Label and field selectors, parsed from query strings as upstream does.
-//! (Skeleton: the full grammar is implemented by the selectors work item.)
+//!
+//! Label selectors follow `k8s.io/apimachinery/pkg/labels`: `k=v`, `k==v`, `k!=v`,
+//! `k in (a,b)`, `k notin (a,b)`, `k`, `!k`, `k>1`, `k<1`, comma meaning AND. Field selectors
+//! follow `k8s.io/apimachinery/pkg/fields`: `f=v`, `f==v`, `f!=v`, comma meaning AND.
+
+use std::fmt;
 
 use serde_json::{Map, Value};
+
+use crate::registry::REGISTRY;
+use crate::validation::names;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
@@ -11,53 +19,1001 @@ pub enum SelectorError {
     /// A field selector names a field this resource cannot be selected by.
     #[error("field label not supported: {0}")]
     UnsupportedField(String),
+    /// The selector is malformed outside any single requirement (a stray token, a bad term).
+    #[error("{0}")]
+    Syntax(String),
+}
+
+/// A label selector operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operator {
+    Equals,
+    DoubleEquals,
+    NotEquals,
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+    GreaterThan,
+    LessThan,
+}
+
+/// One requirement of a label selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    /// Sorted and de-duplicated, as upstream keeps them.
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    /// Builds a requirement, validating the key and values with upstream's messages.
+    pub fn new(key: &str, operator: Operator, values: Vec<String>) -> Result<Self, String> {
+        let mut errs = Vec::new();
+        for msg in names::qualified_name_errors(key) {
+            errs.push(format!("key: Invalid value: {:?}: {}", key, msg));
+        }
+        match operator {
+            Operator::In | Operator::NotIn if values.is_empty() => errs.push(
+                "values: Invalid value: []string{}: for 'in', 'notin' operators, values set can't be empty"
+                    .to_string(),
+            ),
+            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals if values.len() != 1 => {
+                errs.push(format!(
+                    "values: Invalid value: {}: exact-match compatibility requires one single value",
+                    go_string_slice(&values)
+                ))
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => errs.push(format!(
+                "values: Invalid value: {}: values set must be empty for exists and does not exist",
+                go_string_slice(&values)
+            )),
+            Operator::GreaterThan | Operator::LessThan => {
+                if values.len() != 1 {
+                    errs.push(format!(
+                        "values: Invalid value: {}: for 'Gt', 'Lt' operators, exactly one value is required",
+                        go_string_slice(&values)
+                    ));
+                }
+                for (i, v) in values.iter().enumerate() {
+                    if v.parse::<i64>().is_err() {
+                        errs.push(format!(
+                            "values[{i}]: Invalid value: {v:?}: for 'Gt', 'Lt' operators, the value must be an integer"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !matches!(operator, Operator::GreaterThan | Operator::LessThan) {
+            for (i, v) in values.iter().enumerate() {
+                for msg in names::label_value_errors(v) {
+                    errs.push(format!("values[{i}][{key}]: Invalid value: {v:?}: {msg}"));
+                }
+            }
+        }
+        match errs.len() {
+            0 => {
+                let mut values = values;
+                values.sort();
+                values.dedup();
+                Ok(Requirement {
+                    key: key.to_string(),
+                    operator,
+                    values,
+                })
+            }
+            1 => Err(errs.remove(0)),
+            _ => Err(format!("[{}]", errs.join(", "))),
+        }
+    }
+
+    pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+        let value = labels.and_then(|l| l.get(&self.key)).map(label_text);
+        match self.operator {
+            Operator::Equals | Operator::DoubleEquals | Operator::In => {
+                value.is_some_and(|v| self.values.iter().any(|x| *x == v))
+            }
+            Operator::NotEquals | Operator::NotIn => {
+                value.is_none_or(|v| !self.values.iter().any(|x| *x == v))
+            }
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+            Operator::GreaterThan | Operator::LessThan => {
+                let (Some(have), Some(want)) = (
+                    value.and_then(|v| v.parse::<i64>().ok()),
+                    self.values.first().and_then(|v| v.parse::<i64>().ok()),
+                ) else {
+                    return false;
+                };
+                if self.operator == Operator::GreaterThan {
+                    have > want
+                } else {
+                    have < want
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let first = self.values.first().map(String::as_str).unwrap_or("");
+        match self.operator {
+            Operator::Exists => write!(f, "{}", self.key),
+            Operator::DoesNotExist => write!(f, "!{}", self.key),
+            Operator::Equals => write!(f, "{}={}", self.key, first),
+            Operator::DoubleEquals => write!(f, "{}=={}", self.key, first),
+            Operator::NotEquals => write!(f, "{}!={}", self.key, first),
+            Operator::GreaterThan => write!(f, "{}>{}", self.key, first),
+            Operator::LessThan => write!(f, "{}<{}", self.key, first),
+            Operator::In => write!(f, "{} in ({})", self.key, self.values.join(",")),
+            Operator::NotIn => write!(f, "{} notin ({})", self.key, self.values.join(",")),
+        }
+    }
+}
+
+fn label_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Go's `%#v` of a `[]string`, which upstream uses in requirement errors.
+fn go_string_slice(values: &[String]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
 }
 
 /// A parsed label selector (`a=b,c!=d,e in (f,g),!h`). The empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSelector {}
+pub struct LabelSelector {
+    requirements: Vec<Requirement>,
+    /// A null `metav1.LabelSelector` selects nothing, unlike an empty one.
+    nothing: bool,
+}
 
 impl LabelSelector {
-    pub fn parse(_text: &str) -> Result<Self, SelectorError> {
-        Ok(LabelSelector {})
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        let tokens = lex(text)?;
+        let mut parser = Parser { tokens, pos: 0 };
+        let mut requirements = parser.parse()?;
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector {
+            requirements,
+            nothing: false,
+        })
+    }
+
+    /// A selector that matches no object (what upstream makes of a null `LabelSelector`).
+    pub fn nothing() -> Self {
+        LabelSelector {
+            requirements: Vec::new(),
+            nothing: true,
+        }
+    }
+
+    /// Converts a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`).
+    /// A null or absent selector matches nothing; `{}` matches everything.
+    pub fn from_json(selector: &Value) -> Result<Self, SelectorError> {
+        let Some(obj) = selector.as_object() else {
+            return if selector.is_null() {
+                Ok(LabelSelector::nothing())
+            } else {
+                Err(SelectorError::Syntax(format!(
+                    "invalid label selector: {selector}"
+                )))
+            };
+        };
+        let mut requirements = Vec::new();
+        if let Some(labels) = obj.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in labels {
+                let r = Requirement::new(k, Operator::Equals, vec![label_text(v)])
+                    .map_err(SelectorError::Syntax)?;
+                requirements.push(r);
+            }
+        }
+        if let Some(exprs) = obj.get("matchExpressions").and_then(Value::as_array) {
+            for expr in exprs {
+                let key = expr.get("key").and_then(Value::as_str).unwrap_or("");
+                let op_text = expr.get("operator").and_then(Value::as_str).unwrap_or("");
+                let operator = match op_text {
+                    "In" => Operator::In,
+                    "NotIn" => Operator::NotIn,
+                    "Exists" => Operator::Exists,
+                    "DoesNotExist" => Operator::DoesNotExist,
+                    other => {
+                        return Err(SelectorError::Syntax(format!(
+                            "{other:?} is not a valid label selector operator"
+                        )))
+                    }
+                };
+                let values: Vec<String> = expr
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|vs| vs.iter().map(label_text).collect())
+                    .unwrap_or_default();
+                requirements
+                    .push(Requirement::new(key, operator, values).map_err(SelectorError::Syntax)?);
+            }
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector {
+            requirements,
+            nothing: false,
+        })
+    }
+
+    /// Selector that requires every label in `labels` (a Service's `spec.selector`).
+    pub fn from_map(labels: &Map<String, Value>) -> Self {
+        let mut requirements: Vec<Requirement> = labels
+            .iter()
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                operator: Operator::Equals,
+                values: vec![label_text(v)],
+            })
+            .collect();
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        LabelSelector {
+            requirements,
+            nothing: false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        true
+        !self.nothing && self.requirements.is_empty()
+    }
+
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
     }
 
     /// Whether an object with these labels (`metadata.labels`, absent = none) matches.
-    pub fn matches(&self, _labels: Option<&Map<String, Value>>) -> bool {
-        true
+    pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+        !self.nothing && self.requirements.iter().all(|r| r.matches(labels))
     }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.requirements.iter().map(|r| r.to_string()).collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Identifier(String),
+    Not,
+    NotEquals,
+    Equals,
+    DoubleEquals,
+    GreaterThan,
+    LessThan,
+    In,
+    NotIn,
+    Open,
+    Close,
+    Comma,
+    End,
+}
+
+impl Token {
+    fn literal(&self) -> &str {
+        match self {
+            Token::Identifier(s) => s,
+            Token::Not => "!",
+            Token::NotEquals => "!=",
+            Token::Equals => "=",
+            Token::DoubleEquals => "==",
+            Token::GreaterThan => ">",
+            Token::LessThan => "<",
+            Token::In => "in",
+            Token::NotIn => "notin",
+            Token::Open => "(",
+            Token::Close => ")",
+            Token::Comma => ",",
+            Token::End => "",
+        }
+    }
+
+    /// Inside value positions `in`/`notin` are ordinary words.
+    fn as_value(&self) -> Option<String> {
+        match self {
+            Token::Identifier(s) => Some(s.clone()),
+            Token::In | Token::NotIn => Some(self.literal().to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn is_special(c: char) -> bool {
+    matches!(c, '!' | '=' | '(' | ')' | ',' | '>' | '<')
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, SelectorError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        if is_special(c) {
+            let next = chars.get(i + 1).copied();
+            let (tok, len) = match (c, next) {
+                ('!', Some('=')) => (Token::NotEquals, 2),
+                ('!', _) => (Token::Not, 1),
+                ('=', Some('=')) => (Token::DoubleEquals, 2),
+                ('=', _) => (Token::Equals, 1),
+                ('(', _) => (Token::Open, 1),
+                (')', _) => (Token::Close, 1),
+                (',', _) => (Token::Comma, 1),
+                ('>', _) => (Token::GreaterThan, 1),
+                _ => (Token::LessThan, 1),
+            };
+            tokens.push(tok);
+            i += len;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && !chars[i].is_whitespace() && !is_special(chars[i]) {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        tokens.push(match word.as_str() {
+            "in" => Token::In,
+            "notin" => Token::NotIn,
+            _ => Token::Identifier(word),
+        });
+    }
+    tokens.push(Token::End);
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> &Token {
+        self.tokens.get(self.pos).unwrap_or(&Token::End)
+    }
+
+    fn next(&mut self) -> Token {
+        let t = self.peek().clone();
+        if self.pos < self.tokens.len() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn parse(&mut self) -> Result<Vec<Requirement>, SelectorError> {
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                Token::End => return Ok(out),
+                Token::Identifier(_) | Token::Not => {
+                    let r = self.requirement().map_err(SelectorError::Parse)?;
+                    out.push(r);
+                    match self.next() {
+                        Token::End => return Ok(out),
+                        Token::Comma => {
+                            if !matches!(self.peek(), Token::Identifier(_) | Token::Not) {
+                                let lit = self.peek().literal().to_string();
+                                return Err(SelectorError::Syntax(format!(
+                                    "found '{lit}', expected: identifier after ','"
+                                )));
+                            }
+                        }
+                        other => {
+                            return Err(SelectorError::Syntax(format!(
+                                "found '{}', expected: ',' or 'end of string'",
+                                other.literal()
+                            )))
+                        }
+                    }
+                }
+                other => {
+                    return Err(SelectorError::Syntax(format!(
+                        "found '{}', expected: !, identifier, or 'end of string'",
+                        other.literal()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn requirement(&mut self) -> Result<Requirement, String> {
+        let negated = if *self.peek() == Token::Not {
+            self.next();
+            true
+        } else {
+            false
+        };
+        let key = match self.next() {
+            Token::Identifier(k) => k,
+            other => {
+                return Err(format!(
+                    "found '{}', expected: identifier",
+                    other.literal()
+                ))
+            }
+        };
+        if negated {
+            return Requirement::new(&key, Operator::DoesNotExist, Vec::new());
+        }
+        if matches!(self.peek(), Token::End | Token::Comma) {
+            return Requirement::new(&key, Operator::Exists, Vec::new());
+        }
+        let operator = match self.next() {
+            Token::Equals => Operator::Equals,
+            Token::DoubleEquals => Operator::DoubleEquals,
+            Token::NotEquals => Operator::NotEquals,
+            Token::In => Operator::In,
+            Token::NotIn => Operator::NotIn,
+            Token::GreaterThan => Operator::GreaterThan,
+            Token::LessThan => Operator::LessThan,
+            other => {
+                return Err(format!(
+                    "found '{}', expected: in, notin, =, ==, !=, gt, lt",
+                    other.literal()
+                ))
+            }
+        };
+        let values = if matches!(operator, Operator::In | Operator::NotIn) {
+            self.value_set()?
+        } else {
+            match self.peek() {
+                Token::End | Token::Comma => vec![String::new()],
+                tok => match tok.as_value() {
+                    Some(v) => {
+                        self.next();
+                        vec![v]
+                    }
+                    None => {
+                        return Err(format!("found '{}', expected: identifier", tok.literal()))
+                    }
+                },
+            }
+        };
+        Requirement::new(&key, operator, values)
+    }
+
+    fn value_set(&mut self) -> Result<Vec<String>, String> {
+        let open = self.next();
+        if open != Token::Open {
+            return Err(format!("found '{}', expected: '('", open.literal()));
+        }
+        let mut values = Vec::new();
+        // Upstream accepts empty members (`(a,,b)`, `(a,)`) as the empty string.
+        let mut expect_value = true;
+        loop {
+            let tok = self.next();
+            match tok {
+                Token::Close => {
+                    if expect_value && !values.is_empty() {
+                        values.push(String::new());
+                    }
+                    return Ok(values);
+                }
+                Token::Comma => {
+                    if expect_value {
+                        values.push(String::new());
+                    }
+                    expect_value = true;
+                }
+                ref t if expect_value && t.as_value().is_some() => {
+                    values.extend(t.as_value());
+                    expect_value = false;
+                }
+                other => {
+                    return Err(format!(
+                        "found '{}', expected: ',', ')' or identifier",
+                        other.literal()
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// One term of a field selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldTerm {
+    pub field: String,
+    pub value: String,
+    pub negated: bool,
 }
 
 /// A parsed field selector (`metadata.name=x,status.phase!=Running`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldSelector {}
+pub struct FieldSelector {
+    terms: Vec<FieldTerm>,
+}
 
 impl FieldSelector {
-    pub fn parse(_text: &str) -> Result<Self, SelectorError> {
-        Ok(FieldSelector {})
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        let mut terms = Vec::new();
+        for part in split_unescaped(text, ',') {
+            if part.trim().is_empty() {
+                continue;
+            }
+            let Some((field, op, value)) = split_term(&part) else {
+                return Err(SelectorError::Syntax(format!(
+                    "invalid selector: '{text}'; can't understand '{part}'"
+                )));
+            };
+            let value = unescape(value).map_err(SelectorError::Syntax)?;
+            terms.push(FieldTerm {
+                field: field.trim().to_string(),
+                value: value.trim().to_string(),
+                negated: op == "!=",
+            });
+        }
+        Ok(FieldSelector { terms })
+    }
+
+    /// `metadata.name=<name>`, as clients send when they get or watch one object.
+    pub fn name_equals(name: &str) -> Self {
+        FieldSelector {
+            terms: vec![FieldTerm {
+                field: "metadata.name".to_string(),
+                value: name.to_string(),
+                negated: false,
+            }],
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        true
+        self.terms.is_empty()
+    }
+
+    pub fn terms(&self) -> &[FieldTerm] {
+        &self.terms
+    }
+
+    /// The value this selector requires `field` to equal, if any (lets callers narrow
+    /// a list to one name or namespace before filtering).
+    pub fn required_value(&self, field: &str) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|t| !t.negated && t.field == field)
+            .map(|t| t.value.as_str())
     }
 
     /// Fails with `UnsupportedField` if the selector uses a field `kind` does not support.
-    pub fn check_supported(&self, _kind: &str) -> Result<(), SelectorError> {
-        Ok(())
+    pub fn check_supported(&self, kind: &str) -> Result<(), SelectorError> {
+        let supported = supported_fields(kind);
+        match self.terms.iter().find(|t| !supported.contains(&t.field.as_str())) {
+            Some(t) => Err(SelectorError::UnsupportedField(t.field.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Whether the object whose selectable fields are `fields` (see [`selectable_fields`]) matches.
-    pub fn matches(&self, _fields: &[(&'static str, String)]) -> bool {
-        true
+    pub fn matches(&self, fields: &[(&'static str, String)]) -> bool {
+        self.terms.iter().all(|t| {
+            // Upstream reads a missing field as the empty string.
+            let have = fields
+                .iter()
+                .find(|(name, _)| *name == t.field)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
+            (have == t.value) != t.negated
+        })
     }
+}
+
+impl fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| {
+                let op = if t.negated { "!=" } else { "=" };
+                format!("{}{}{}", t.field, op, t.value)
+            })
+            .collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+fn split_unescaped(text: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for c in text.chars() {
+        if escaped {
+            current.push('\\');
+            current.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    if escaped {
+        current.push('\\');
+    }
+    parts.push(current);
+    parts
+}
+
+/// Splits `lhs<op>rhs` at the first unescaped operator, preferring `!=` and `==` over `=`.
+fn split_term(term: &str) -> Option<(&str, &'static str, &str)> {
+    let bytes = term.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        for op in ["!=", "==", "="] {
+            if term[i..].starts_with(op) {
+                return Some((&term[..i], op, &term[i + op.len()..]));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn unescape(value: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(e @ ('\\' | ',' | '=' | '!')) => out.push(e),
+            Some(e) => return Err(format!("invalid field selector: invalid escape sequence: \\{e}")),
+            None => return Err("invalid field selector: unterminated escape sequence".to_string()),
+        }
+    }
+    Ok(out)
+}
+
+fn is_namespaced(kind: &str) -> bool {
+    REGISTRY
+        .iter()
+        .find(|r| r.kind == kind)
+        .is_none_or(|r| r.namespaced)
+}
+
+/// The field labels upstream's conversion functions accept for `kind`.
+pub fn supported_fields(kind: &str) -> Vec<&'static str> {
+    let meta: &[&'static str] = if is_namespaced(kind) {
+        &["metadata.name", "metadata.namespace"]
+    } else {
+        &["metadata.name"]
+    };
+    let specific: &[&'static str] = match kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "Node" => &["spec.unschedulable"],
+        "Namespace" => &["status.phase"],
+        "Secret" => &["type"],
+        "Service" => &["spec.clusterIP", "spec.type"],
+        "ReplicaSet" | "ReplicationController" => &["status.replicas"],
+        "Job" => &["status.successful"],
+        _ => &[],
+    };
+    meta.iter().chain(specific).copied().collect()
+}
+
+fn text_at(obj: &Value, path: &[&str]) -> String {
+    let mut cur = obj;
+    for p in path {
+        cur = &cur[*p];
+    }
+    match cur {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn bool_at(obj: &Value, path: &[&str]) -> String {
+    let mut cur = obj;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_bool().unwrap_or(false).to_string()
+}
+
+fn int_at(obj: &Value, path: &[&str]) -> String {
+    let mut cur = obj;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_i64().unwrap_or(0).to_string()
 }
 
 /// The values of every field selectable on `kind`, extracted once per object so that
 /// caches can filter without re-reading the JSON.
-pub fn selectable_fields(_kind: &str, _obj: &Value) -> Vec<(&'static str, String)> {
-    Vec::new()
+pub fn selectable_fields(kind: &str, obj: &Value) -> Vec<(&'static str, String)> {
+    let mut out = vec![("metadata.name", text_at(obj, &["metadata", "name"]))];
+    if is_namespaced(kind) {
+        out.push(("metadata.namespace", text_at(obj, &["metadata", "namespace"])));
+    }
+    match kind {
+        "Pod" => {
+            let ips: Vec<String> = obj["status"]["podIPs"]
+                .as_array()
+                .map(|a| a.iter().map(|ip| text_at(ip, &["ip"])).collect())
+                .unwrap_or_default();
+            let pod_ip = ips
+                .first()
+                .cloned()
+                .unwrap_or_else(|| text_at(obj, &["status", "podIP"]));
+            out.extend([
+                ("spec.nodeName", text_at(obj, &["spec", "nodeName"])),
+                ("spec.restartPolicy", text_at(obj, &["spec", "restartPolicy"])),
+                ("spec.schedulerName", text_at(obj, &["spec", "schedulerName"])),
+                (
+                    "spec.serviceAccountName",
+                    text_at(obj, &["spec", "serviceAccountName"]),
+                ),
+                ("spec.hostNetwork", bool_at(obj, &["spec", "hostNetwork"])),
+                ("status.phase", text_at(obj, &["status", "phase"])),
+                ("status.podIP", pod_ip),
+                ("status.podIPs", ips.join(",")),
+                (
+                    "status.nominatedNodeName",
+                    text_at(obj, &["status", "nominatedNodeName"]),
+                ),
+            ]);
+        }
+        "Event" => {
+            let io = &obj["involvedObject"];
+            out.extend([
+                ("involvedObject.kind", text_at(io, &["kind"])),
+                ("involvedObject.namespace", text_at(io, &["namespace"])),
+                ("involvedObject.name", text_at(io, &["name"])),
+                ("involvedObject.uid", text_at(io, &["uid"])),
+                ("involvedObject.apiVersion", text_at(io, &["apiVersion"])),
+                (
+                    "involvedObject.resourceVersion",
+                    text_at(io, &["resourceVersion"]),
+                ),
+                ("involvedObject.fieldPath", text_at(io, &["fieldPath"])),
+                ("reason", text_at(obj, &["reason"])),
+                ("reportingComponent", text_at(obj, &["reportingComponent"])),
+                ("source", text_at(obj, &["source", "component"])),
+                ("type", text_at(obj, &["type"])),
+            ]);
+        }
+        "Node" => out.push(("spec.unschedulable", bool_at(obj, &["spec", "unschedulable"]))),
+        "Namespace" => out.push(("status.phase", text_at(obj, &["status", "phase"]))),
+        "Secret" => out.push(("type", text_at(obj, &["type"]))),
+        "Service" => out.extend([
+            ("spec.clusterIP", text_at(obj, &["spec", "clusterIP"])),
+            ("spec.type", text_at(obj, &["spec", "type"])),
+        ]),
+        "ReplicaSet" => out.push(("status.replicas", int_at(obj, &["status", "replicas"]))),
+        "Job" => out.push(("status.successful", int_at(obj, &["status", "succeeded"]))),
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn equality_and_inequality() {
+        let l = labels(json!({"app": "web", "tier": "front"}));
+        assert!(LabelSelector::parse("app=web").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("app==web").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("app=db").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("app!=db").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("app!=web").unwrap().matches(Some(&l)));
+        // `!=` matches objects without the label at all.
+        assert!(LabelSelector::parse("env!=prod").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("env!=prod").unwrap().matches(None));
+    }
+
+    #[test]
+    fn set_operators_and_existence() {
+        let l = labels(json!({"app": "web", "tier": "front"}));
+        let sel = LabelSelector::parse(" app in (web, db) , tier notin (back) ").unwrap();
+        assert!(sel.matches(Some(&l)));
+        assert!(!LabelSelector::parse("app in (db)").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("env notin (prod)").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("app").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("env").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("!env").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("!app").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("app,!tier").unwrap().matches(Some(&l)));
+    }
+
+    #[test]
+    fn numeric_comparisons() {
+        let l = labels(json!({"gen": "5"}));
+        assert!(LabelSelector::parse("gen>3").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("gen<3").unwrap().matches(Some(&l)));
+        assert!(LabelSelector::parse("gen>x").is_err());
+    }
+
+    #[test]
+    fn empty_selector_matches_everything() {
+        let s = LabelSelector::parse("").unwrap();
+        assert!(s.is_empty());
+        assert!(s.matches(None));
+        assert!(!LabelSelector::parse("a=b").unwrap().is_empty());
+    }
+
+    #[test]
+    fn empty_value_is_allowed() {
+        let s = LabelSelector::parse("a=").unwrap();
+        assert!(s.matches(Some(&labels(json!({"a": ""})))));
+        assert!(!s.matches(Some(&labels(json!({"a": "x"})))));
+    }
+
+    #[test]
+    fn parse_errors_are_upstream_like() {
+        let e = LabelSelector::parse("a b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
+        );
+        let e = LabelSelector::parse("a in b").unwrap_err();
+        assert_eq!(e.to_string(), "unable to parse requirement: found 'b', expected: '('");
+        let e = LabelSelector::parse("a=b=c").unwrap_err();
+        assert_eq!(e.to_string(), "found '=', expected: ',' or 'end of string'");
+        let e = LabelSelector::parse("=b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "found '=', expected: !, identifier, or 'end of string'"
+        );
+        let e = LabelSelector::parse("a=b c").unwrap_err();
+        assert!(matches!(e, SelectorError::Syntax(_)));
+        let e = LabelSelector::parse("a=-x").unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "unable to parse requirement: values[0][a]: Invalid value: \"-x\": a valid label must be an empty string"
+            ),
+            "{e}"
+        );
+        let e = LabelSelector::parse("-a=x").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key: Invalid value: \"-a\": name part must consist of alphanumeric"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn display_is_sorted_and_canonical() {
+        let s = LabelSelector::parse("tier in (b,a),app=web,!x").unwrap();
+        assert_eq!(s.to_string(), "app=web,tier in (a,b),!x");
+    }
+
+    #[test]
+    fn from_json_handles_labels_and_expressions() {
+        let sel = LabelSelector::from_json(&json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["front", "mid"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+                {"key": "env", "operator": "NotIn", "values": ["prod"]},
+                {"key": "app", "operator": "Exists"}
+            ]
+        }))
+        .unwrap();
+        assert!(sel.matches(Some(&labels(json!({"app": "web", "tier": "mid"})))));
+        assert!(!sel.matches(Some(&labels(json!({"app": "web", "tier": "back"})))));
+        assert!(!sel.matches(Some(&labels(
+            json!({"app": "web", "tier": "mid", "legacy": "1"})
+        ))));
+        assert!(!sel.matches(Some(&labels(
+            json!({"app": "web", "tier": "mid", "env": "prod"})
+        ))));
+        assert!(LabelSelector::from_json(&json!({})).unwrap().matches(None));
+        assert!(!LabelSelector::from_json(&Value::Null).unwrap().matches(None));
+        let bad = LabelSelector::from_json(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}));
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "\"Foo\" is not a valid label selector operator"
+        );
+        assert!(LabelSelector::from_json(
+            &json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn field_selectors() {
+        let pod = json!({
+            "metadata": {"name": "p1", "namespace": "default"},
+            "spec": {"nodeName": "n1", "hostNetwork": true},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}]}
+        });
+        let fields = selectable_fields("Pod", &pod);
+        let sel = FieldSelector::parse("metadata.name=p1,spec.nodeName==n1").unwrap();
+        assert!(sel.matches(&fields));
+        assert!(FieldSelector::parse("status.phase!=Pending").unwrap().matches(&fields));
+        assert!(!FieldSelector::parse("status.phase!=Running").unwrap().matches(&fields));
+        assert!(FieldSelector::parse("spec.hostNetwork=true").unwrap().matches(&fields));
+        assert!(FieldSelector::parse("status.podIP=10.0.0.5").unwrap().matches(&fields));
+        // A missing field reads as "".
+        assert!(FieldSelector::parse("status.nominatedNodeName=").unwrap().matches(&fields));
+        assert_eq!(sel.required_value("metadata.name"), Some("p1"));
+        assert!(FieldSelector::parse("").unwrap().is_empty());
+        assert_eq!(
+            FieldSelector::parse("foo").unwrap_err().to_string(),
+            "invalid selector: 'foo'; can't understand 'foo'"
+        );
+        let escaped = FieldSelector::parse(r"metadata.name=a\,b").unwrap();
+        assert_eq!(escaped.terms()[0].value, "a,b");
+    }
+
+    #[test]
+    fn supported_fields_per_kind() {
+        let sel = FieldSelector::parse("spec.nodeName=x").unwrap();
+        assert!(sel.check_supported("Pod").is_ok());
+        assert_eq!(
+            sel.check_supported("Deployment").unwrap_err().to_string(),
+            "field label not supported: spec.nodeName"
+        );
+        let ev = FieldSelector::parse("involvedObject.name=x,involvedObject.uid=u,reason=Started")
+            .unwrap();
+        assert!(ev.check_supported("Event").is_ok());
+        assert!(FieldSelector::parse("metadata.namespace=x")
+            .unwrap()
+            .check_supported("Node")
+            .is_err());
+        assert!(FieldSelector::parse("spec.unschedulable=true")
+            .unwrap()
+            .check_supported("Node")
+            .is_ok());
+        assert!(FieldSelector::parse("type=Opaque").unwrap().check_supported("Secret").is_ok());
+        let rs = json!({"metadata": {"name": "r"}, "status": {"replicas": 3}});
+        assert!(FieldSelector::parse("status.replicas=3")
+            .unwrap()
+            .matches(&selectable_fields("ReplicaSet", &rs)));
+        let ev = json!({"metadata": {"name": "e"}, "source": {"component": "kubelet"}, "type": "Normal"});
+        let f = selectable_fields("Event", &ev);
+        assert!(FieldSelector::parse("source=kubelet,type=Normal").unwrap().matches(&f));
+    }
 }

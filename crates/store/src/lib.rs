@@ -121,8 +121,11 @@ pub trait Store: Send + Sync + 'static {
     /// All keys starting with `prefix`, sorted by key. `at_revision` reads a past
     /// revision (fails with `Compacted` below the compaction point and `FutureRevision`
     /// above the current revision); `None` reads the latest.
-    async fn list(&self, prefix: &str, at_revision: Option<Revision>)
-        -> Result<ListResult, StoreError>;
+    async fn list(
+        &self,
+        prefix: &str,
+        at_revision: Option<Revision>,
+    ) -> Result<ListResult, StoreError>;
 
     /// Creates `key`; fails with `AlreadyExists` if it is present.
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError>;
@@ -150,8 +153,11 @@ pub trait Store: Send + Sync + 'static {
     /// as the first stream item) with `Compacted` when `after_revision + 1` is compacted.
     /// The stream ends or yields `Unavailable` if the backend connection is lost; callers
     /// resume by watching again from the last revision they saw.
-    async fn watch(&self, prefix: &str, after_revision: Revision)
-        -> Result<WatchStream, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: Revision,
+    ) -> Result<WatchStream, StoreError>;
 
     /// Forgets history before `revision`; later reads and watches below it fail with
     /// `Compacted`. Compacting at or below the current compaction point is a no-op.

@@ -1,0 +1,479 @@
+//! The watch cache: one storage watch on `/registry/` feeds an in-memory copy of every object
+//! plus a bounded history of recent changes. Lists and watches are served from here, so any
+//! number of clients cost one storage watch; only writes and single-object reads go to storage.
+//!
+//! Invariants:
+//! - `State::revision` only moves forward, and every event in `history` has a revision in
+//!   `(history_floor, revision]`, in order.
+//! - A new watcher copies history and subscribes to the live broadcast under one lock, so it
+//!   sees every event after its starting revision exactly once.
+//! - When the storage watch cannot resume (history compacted away), the cache relists, raises
+//!   `history_floor` and tells every watcher to stop; clients then get a clean 410 or relist.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use rkube_api::registry::{ResourceInfo, REGISTRY};
+use rkube_api::selectors::{selectable_fields, FieldSelector, LabelSelector};
+use rkube_store::{EventKind, Revision, Store, StoreError};
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, watch};
+
+use crate::objects;
+
+/// Everything kept per object: the JSON clients receive (with resourceVersion set) and the
+/// few fields selectors need, extracted once.
+#[derive(Debug)]
+pub struct CachedObject {
+    pub resource: &'static ResourceInfo,
+    pub key: String,
+    pub namespace: String,
+    pub name: String,
+    pub labels: Option<Map<String, Value>>,
+    pub fields: Vec<(&'static str, String)>,
+    pub json: Bytes,
+    pub revision: Revision,
+}
+
+impl CachedObject {
+    /// Builds the cached form from a decoded object that already carries its resourceVersion.
+    pub fn from_value(
+        resource: &'static ResourceInfo,
+        key: String,
+        obj: &Value,
+        revision: Revision,
+    ) -> Result<CachedObject, serde_json::Error> {
+        let meta = &obj["metadata"];
+        Ok(CachedObject {
+            resource,
+            key,
+            namespace: meta["namespace"].as_str().unwrap_or("").to_string(),
+            name: meta["name"].as_str().unwrap_or("").to_string(),
+            labels: meta["labels"].as_object().cloned(),
+            fields: selectable_fields(resource.kind, obj),
+            json: Bytes::from(serde_json::to_vec(obj)?),
+            revision,
+        })
+    }
+
+    pub fn value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice(&self.json)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as stored in history and broadcast to watchers.
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub revision: Revision,
+    pub resource: &'static ResourceInfo,
+    /// The object after the change; for deletions, the last state with the deletion's
+    /// resourceVersion.
+    pub object: Arc<CachedObject>,
+    pub prev: Option<Arc<CachedObject>>,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Broadcast {
+    Event(Arc<CacheEvent>),
+    /// The cache was rebuilt; every watcher must end its stream.
+    Reset,
+}
+
+/// Which objects a list or watch wants.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    pub resource: &'static ResourceInfo,
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, obj: &CachedObject) -> bool {
+        if !std::ptr::eq(obj.resource, self.resource) {
+            return false;
+        }
+        if let Some(ns) = &self.namespace {
+            if &obj.namespace != ns {
+                return false;
+            }
+        }
+        self.labels.matches(obj.labels.as_ref()) && self.fields.matches(&obj.fields)
+    }
+
+    /// How a change looks through this filter: an object moving out of the selection is a
+    /// deletion for this watcher, one moving in is an addition.
+    pub fn classify<'a>(&self, ev: &'a CacheEvent) -> Option<(EventType, &'a Arc<CachedObject>)> {
+        if !std::ptr::eq(ev.resource, self.resource) {
+            return None;
+        }
+        let was = ev.prev.as_ref().is_some_and(|p| self.matches(p));
+        if ev.deleted {
+            return was.then_some((EventType::Deleted, &ev.object));
+        }
+        let is = self.matches(&ev.object);
+        match (was, is) {
+            (false, true) => Some((EventType::Added, &ev.object)),
+            (true, true) => Some((EventType::Modified, &ev.object)),
+            (true, false) => Some((EventType::Deleted, &ev.object)),
+            (false, false) => None,
+        }
+    }
+}
+
+/// What a new watcher gets before live events.
+pub enum WatchItem {
+    /// A synthetic ADDED for an object that existed when the watch started.
+    Existing(Arc<CachedObject>),
+    /// A change from history.
+    Event(Arc<CacheEvent>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The requested revision is older than the history kept.
+    #[error("too old resource version: {requested} ({oldest})")]
+    TooOld { requested: Revision, oldest: Revision },
+    /// The cache did not reach the requested revision in time.
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooNew { requested: Revision, current: Revision },
+    /// The cache has not finished its initial list.
+    #[error("the watch cache is not ready yet")]
+    NotReady,
+}
+
+struct State {
+    ready: bool,
+    revision: Revision,
+    objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>>,
+    history: VecDeque<Arc<CacheEvent>>,
+    /// Watches may resume from any revision >= this.
+    history_floor: Revision,
+}
+
+pub struct WatchCache {
+    state: RwLock<State>,
+    history_capacity: usize,
+    tx: broadcast::Sender<Broadcast>,
+    revision_tx: watch::Sender<Revision>,
+}
+
+const ROOT_PREFIX: &str = "/registry/";
+
+impl WatchCache {
+    /// Creates the cache and starts feeding it from `store` until `shutdown` turns true.
+    pub fn start(
+        store: Arc<dyn Store>,
+        history_capacity: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Arc<WatchCache> {
+        let (tx, _) = broadcast::channel(history_capacity.max(1024));
+        let (revision_tx, _) = watch::channel(0);
+        let cache = Arc::new(WatchCache {
+            state: RwLock::new(State {
+                ready: false,
+                revision: 0,
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                history_floor: 0,
+            }),
+            history_capacity: history_capacity.max(1),
+            tx,
+            revision_tx,
+        });
+        let feeder = cache.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = feeder.feed(store) => {}
+                _ = crate::stopped(&mut shutdown) => {}
+            }
+        });
+        cache
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.read().ready
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.state.read().revision
+    }
+
+    pub fn subscribe_revision(&self) -> watch::Receiver<Revision> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Waits until the cache has applied `revision` (or is at least ready, for `None`).
+    pub async fn wait_for(&self, revision: Option<Revision>, timeout: Duration) -> Result<Revision, CacheError> {
+        let mut rx = self.revision_tx.subscribe();
+        let want = revision.unwrap_or(0);
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let st = self.state.read();
+                    if st.ready && st.revision >= want {
+                        return st.revision;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    // The feeder is gone (shutdown); report whatever we have.
+                    return self.state.read().revision;
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(rev) if rev >= want && self.is_ready() => Ok(rev),
+            Ok(_) | Err(_) => {
+                let st = self.state.read();
+                if !st.ready {
+                    Err(CacheError::NotReady)
+                } else {
+                    Err(CacheError::TooNew { requested: want, current: st.revision })
+                }
+            }
+        }
+    }
+
+    /// The matching objects, sorted by key, and the revision they are consistent with.
+    pub fn list(&self, filter: &Filter) -> Result<(Vec<Arc<CachedObject>>, Revision), CacheError> {
+        let st = self.state.read();
+        if !st.ready {
+            return Err(CacheError::NotReady);
+        }
+        let items = Self::matching(&st, filter);
+        Ok((items, st.revision))
+    }
+
+    fn matching(st: &State, filter: &Filter) -> Vec<Arc<CachedObject>> {
+        let Some(objects) = st.objects.get(filter.resource.plural) else {
+            return Vec::new();
+        };
+        let matches = |o: &&Arc<CachedObject>| filter.matches(o);
+        match &filter.namespace {
+            Some(ns) if filter.resource.namespaced => {
+                let prefix = filter.resource.namespace_prefix(ns);
+                objects
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| v)
+                    .filter(matches)
+                    .cloned()
+                    .collect()
+            }
+            _ => objects.values().filter(matches).cloned().collect(),
+        }
+    }
+
+    /// Looks up one object by storage key.
+    pub fn get(&self, resource: &ResourceInfo, key: &str) -> Option<Arc<CachedObject>> {
+        self.state.read().objects.get(resource.plural)?.get(key).cloned()
+    }
+
+    /// Every object of `resource` (for allocators and admission checks).
+    pub fn all(&self, resource: &ResourceInfo) -> Vec<Arc<CachedObject>> {
+        self.state
+            .read()
+            .objects
+            .get(resource.plural)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts a watch. `after = None` sends every current object as a synthetic ADDED and
+    /// then changes; `after = Some(rv)` sends changes after `rv` from history, then live.
+    pub fn watch(
+        &self,
+        filter: &Filter,
+        after: Option<Revision>,
+    ) -> Result<(Vec<WatchItem>, Revision, broadcast::Receiver<Broadcast>), CacheError> {
+        let st = self.state.read();
+        if !st.ready {
+            return Err(CacheError::NotReady);
+        }
+        let rx = self.tx.subscribe();
+        let items = match after {
+            None => Self::matching(&st, filter)
+                .into_iter()
+                .map(WatchItem::Existing)
+                .collect(),
+            Some(rv) => {
+                if rv < st.history_floor {
+                    return Err(CacheError::TooOld { requested: rv, oldest: st.history_floor });
+                }
+                if rv > st.revision {
+                    return Err(CacheError::TooNew { requested: rv, current: st.revision });
+                }
+                // History is ordered; skip to the first event after rv.
+                let start = st.history.partition_point(|e| e.revision <= rv);
+                st.history
+                    .range(start..)
+                    .filter(|e| filter.classify(e).is_some())
+                    .cloned()
+                    .map(WatchItem::Event)
+                    .collect()
+            }
+        };
+        Ok((items, st.revision, rx))
+    }
+
+    async fn feed(&self, store: Arc<dyn Store>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if !self.is_ready() {
+                match store.list(ROOT_PREFIX, None).await {
+                    Ok(list) => {
+                        self.reset(list.kvs, list.revision);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch cache: initial list failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let from = self.revision();
+            match store.watch(ROOT_PREFIX, from).await {
+                Ok(mut stream) => {
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(ev) => {
+                                self.apply(ev);
+                                backoff = Duration::from_millis(100);
+                            }
+                            Err(StoreError::Compacted { .. }) => {
+                                tracing::warn!("watch cache: history compacted under us; relisting");
+                                self.state.write().ready = false;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, revision = from, "watch cache: storage watch failed; resuming");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(StoreError::Compacted { .. }) => {
+                    tracing::warn!("watch cache: cannot resume, history compacted; relisting");
+                    self.state.write().ready = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache: cannot watch storage; retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn reset(&self, kvs: Vec<rkube_store::KeyValue>, revision: Revision) {
+        let mut objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>> = HashMap::new();
+        for kv in kvs {
+            let Some(resource) = resource_of_key(&kv.key) else { continue };
+            match objects::decode_stored(&kv.value, kv.mod_revision)
+                .and_then(|v| CachedObject::from_value(resource, kv.key.clone(), &v, kv.mod_revision))
+            {
+                Ok(obj) => {
+                    objects.entry(resource.plural).or_default().insert(kv.key, Arc::new(obj));
+                }
+                Err(e) => tracing::error!(key = %kv.key, error = %e, "watch cache: undecodable object skipped"),
+            }
+        }
+        let mut st = self.state.write();
+        st.objects = objects;
+        st.history.clear();
+        st.history_floor = revision;
+        st.revision = revision;
+        st.ready = true;
+        // Existing watchers may have missed changes; they must start over.
+        let _ = self.tx.send(Broadcast::Reset);
+        drop(st);
+        self.revision_tx.send_replace(revision);
+    }
+
+    fn apply(&self, ev: rkube_store::WatchEvent) {
+        let revision = ev.revision();
+        let resource = resource_of_key(&ev.kv.key);
+        let mut st = self.state.write();
+        if revision <= st.revision {
+            return;
+        }
+        st.revision = revision;
+        if let Some(resource) = resource {
+            if let Some(event) = Self::to_event(&mut st, resource, ev) {
+                let event = Arc::new(event);
+                st.history.push_back(event.clone());
+                while st.history.len() > self.history_capacity {
+                    if let Some(old) = st.history.pop_front() {
+                        st.history_floor = old.revision;
+                    }
+                }
+                let _ = self.tx.send(Broadcast::Event(event));
+            }
+        }
+        drop(st);
+        self.revision_tx.send_replace(revision);
+    }
+
+    fn to_event(
+        st: &mut State,
+        resource: &'static ResourceInfo,
+        ev: rkube_store::WatchEvent,
+    ) -> Option<CacheEvent> {
+        let revision = ev.revision();
+        let map = st.objects.entry(resource.plural).or_default();
+        match ev.kind {
+            EventKind::Put => {
+                let decoded = objects::decode_stored(&ev.kv.value, revision)
+                    .and_then(|v| CachedObject::from_value(resource, ev.kv.key.clone(), &v, revision));
+                let obj = match decoded {
+                    Ok(o) => Arc::new(o),
+                    Err(e) => {
+                        tracing::error!(key = %ev.kv.key, error = %e, "watch cache: undecodable object ignored");
+                        return None;
+                    }
+                };
+                let prev = map.insert(ev.kv.key, obj.clone());
+                Some(CacheEvent { revision, resource, object: obj, prev, deleted: false })
+            }
+            EventKind::Delete => {
+                let prev = map.remove(&ev.kv.key)?;
+                // Upstream's DELETED carries the last state stamped with the deletion revision.
+                let mut last = prev.value().ok()?;
+                objects::set_resource_version(&mut last, revision);
+                let object = CachedObject::from_value(resource, ev.kv.key, &last, revision).ok()?;
+                Some(CacheEvent { revision, resource, object: Arc::new(object), prev: Some(prev), deleted: true })
+            }
+        }
+    }
+}
+
+/// `/registry/<plural>/...` -> the resource.
+pub fn resource_of_key(key: &str) -> Option<&'static ResourceInfo> {
+    let plural = key.strip_prefix(ROOT_PREFIX)?.split('/').next()?;
+    REGISTRY.iter().find(|r| r.plural == plural)
+}

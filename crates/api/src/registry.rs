@@ -53,7 +53,9 @@ impl Subresource {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding | Subresource::Eviction => &["create"],
             Subresource::Log => &["get"],
-            Subresource::Exec | Subresource::Attach | Subresource::PortForward => &["create", "get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
             Subresource::Finalize => &["update"],
         }
     }
@@ -409,12 +411,12 @@ mod tests {
     #[test]
     fn keys_follow_upstream_layout() {
         let pods = find("", "v1", "pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/pods/default/web");
-        let deploy = find("apps", "v1", "deployments").unwrap();
         assert_eq!(
-            deploy.key(Some("ns1"), "d"),
-            "/registry/deployments/ns1/d"
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
         );
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.key(Some("ns1"), "d"), "/registry/deployments/ns1/d");
         let nodes = find("", "v1", "nodes").unwrap();
         assert_eq!(nodes.key(Some("ignored"), "n1"), "/registry/nodes/n1");
         assert_eq!(deploy.qualified_name(), "deployments.apps");
@@ -426,7 +428,12 @@ mod tests {
         for a in REGISTRY {
             for b in REGISTRY {
                 if !std::ptr::eq(a, b) {
-                    assert!(!a.key_prefix().starts_with(&b.key_prefix()), "{} vs {}", a.plural, b.plural);
+                    assert!(
+                        !a.key_prefix().starts_with(&b.key_prefix()),
+                        "{} vs {}",
+                        a.plural,
+                        b.plural
+                    );
                 }
             }
         }

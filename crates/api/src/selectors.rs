@@ -439,12 +439,7 @@ impl Parser {
         };
         let key = match self.next() {
             Token::Identifier(k) => k,
-            other => {
-                return Err(format!(
-                    "found '{}', expected: identifier",
-                    other.literal()
-                ))
-            }
+            other => return Err(format!("found '{}', expected: identifier", other.literal())),
         };
         if negated {
             return Requirement::new(&key, Operator::DoesNotExist, Vec::new());
@@ -477,9 +472,7 @@ impl Parser {
                         self.next();
                         vec![v]
                     }
-                    None => {
-                        return Err(format!("found '{}', expected: identifier", tok.literal()))
-                    }
+                    None => return Err(format!("found '{}', expected: identifier", tok.literal())),
                 },
             }
         };
@@ -591,7 +584,11 @@ impl FieldSelector {
     /// Fails with `UnsupportedField` if the selector uses a field `kind` does not support.
     pub fn check_supported(&self, kind: &str) -> Result<(), SelectorError> {
         let supported = supported_fields(kind);
-        match self.terms.iter().find(|t| !supported.contains(&t.field.as_str())) {
+        match self
+            .terms
+            .iter()
+            .find(|t| !supported.contains(&t.field.as_str()))
+        {
             Some(t) => Err(SelectorError::UnsupportedField(t.field.clone())),
             None => Ok(()),
         }
@@ -678,7 +675,11 @@ fn unescape(value: &str) -> Result<String, String> {
         }
         match chars.next() {
             Some(e @ ('\\' | ',' | '=' | '!')) => out.push(e),
-            Some(e) => return Err(format!("invalid field selector: invalid escape sequence: \\{e}")),
+            Some(e) => {
+                return Err(format!(
+                    "invalid field selector: invalid escape sequence: \\{e}"
+                ))
+            }
             None => return Err("invalid field selector: unterminated escape sequence".to_string()),
         }
     }
@@ -768,7 +769,10 @@ fn int_at(obj: &Value, path: &[&str]) -> String {
 pub fn selectable_fields(kind: &str, obj: &Value) -> Vec<(&'static str, String)> {
     let mut out = vec![("metadata.name", text_at(obj, &["metadata", "name"]))];
     if is_namespaced(kind) {
-        out.push(("metadata.namespace", text_at(obj, &["metadata", "namespace"])));
+        out.push((
+            "metadata.namespace",
+            text_at(obj, &["metadata", "namespace"]),
+        ));
     }
     match kind {
         "Pod" => {
@@ -782,8 +786,14 @@ pub fn selectable_fields(kind: &str, obj: &Value) -> Vec<(&'static str, String)>
                 .unwrap_or_else(|| text_at(obj, &["status", "podIP"]));
             out.extend([
                 ("spec.nodeName", text_at(obj, &["spec", "nodeName"])),
-                ("spec.restartPolicy", text_at(obj, &["spec", "restartPolicy"])),
-                ("spec.schedulerName", text_at(obj, &["spec", "schedulerName"])),
+                (
+                    "spec.restartPolicy",
+                    text_at(obj, &["spec", "restartPolicy"]),
+                ),
+                (
+                    "spec.schedulerName",
+                    text_at(obj, &["spec", "schedulerName"]),
+                ),
                 (
                     "spec.serviceAccountName",
                     text_at(obj, &["spec", "serviceAccountName"]),
@@ -817,7 +827,10 @@ pub fn selectable_fields(kind: &str, obj: &Value) -> Vec<(&'static str, String)>
                 ("type", text_at(obj, &["type"])),
             ]);
         }
-        "Node" => out.push(("spec.unschedulable", bool_at(obj, &["spec", "unschedulable"]))),
+        "Node" => out.push((
+            "spec.unschedulable",
+            bool_at(obj, &["spec", "unschedulable"]),
+        )),
         "Namespace" => out.push(("status.phase", text_at(obj, &["status", "phase"]))),
         "Secret" => out.push(("type", text_at(obj, &["type"]))),
         "Service" => out.extend([
@@ -858,8 +871,12 @@ mod tests {
         let l = labels(json!({"app": "web", "tier": "front"}));
         let sel = LabelSelector::parse(" app in (web, db) , tier notin (back) ").unwrap();
         assert!(sel.matches(Some(&l)));
-        assert!(!LabelSelector::parse("app in (db)").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("env notin (prod)").unwrap().matches(Some(&l)));
+        assert!(!LabelSelector::parse("app in (db)")
+            .unwrap()
+            .matches(Some(&l)));
+        assert!(LabelSelector::parse("env notin (prod)")
+            .unwrap()
+            .matches(Some(&l)));
         assert!(LabelSelector::parse("app").unwrap().matches(Some(&l)));
         assert!(!LabelSelector::parse("env").unwrap().matches(Some(&l)));
         assert!(LabelSelector::parse("!env").unwrap().matches(Some(&l)));
@@ -898,7 +915,10 @@ mod tests {
             "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
         );
         let e = LabelSelector::parse("a in b").unwrap_err();
-        assert_eq!(e.to_string(), "unable to parse requirement: found 'b', expected: '('");
+        assert_eq!(
+            e.to_string(),
+            "unable to parse requirement: found 'b', expected: '('"
+        );
         let e = LabelSelector::parse("a=b=c").unwrap_err();
         assert_eq!(e.to_string(), "found '=', expected: ',' or 'end of string'");
         let e = LabelSelector::parse("=b").unwrap_err();
@@ -950,8 +970,12 @@ mod tests {
             json!({"app": "web", "tier": "mid", "env": "prod"})
         ))));
         assert!(LabelSelector::from_json(&json!({})).unwrap().matches(None));
-        assert!(!LabelSelector::from_json(&Value::Null).unwrap().matches(None));
-        let bad = LabelSelector::from_json(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}));
+        assert!(!LabelSelector::from_json(&Value::Null)
+            .unwrap()
+            .matches(None));
+        let bad = LabelSelector::from_json(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}),
+        );
         assert_eq!(
             bad.unwrap_err().to_string(),
             "\"Foo\" is not a valid label selector operator"
@@ -972,12 +996,22 @@ mod tests {
         let fields = selectable_fields("Pod", &pod);
         let sel = FieldSelector::parse("metadata.name=p1,spec.nodeName==n1").unwrap();
         assert!(sel.matches(&fields));
-        assert!(FieldSelector::parse("status.phase!=Pending").unwrap().matches(&fields));
-        assert!(!FieldSelector::parse("status.phase!=Running").unwrap().matches(&fields));
-        assert!(FieldSelector::parse("spec.hostNetwork=true").unwrap().matches(&fields));
-        assert!(FieldSelector::parse("status.podIP=10.0.0.5").unwrap().matches(&fields));
+        assert!(FieldSelector::parse("status.phase!=Pending")
+            .unwrap()
+            .matches(&fields));
+        assert!(!FieldSelector::parse("status.phase!=Running")
+            .unwrap()
+            .matches(&fields));
+        assert!(FieldSelector::parse("spec.hostNetwork=true")
+            .unwrap()
+            .matches(&fields));
+        assert!(FieldSelector::parse("status.podIP=10.0.0.5")
+            .unwrap()
+            .matches(&fields));
         // A missing field reads as "".
-        assert!(FieldSelector::parse("status.nominatedNodeName=").unwrap().matches(&fields));
+        assert!(FieldSelector::parse("status.nominatedNodeName=")
+            .unwrap()
+            .matches(&fields));
         assert_eq!(sel.required_value("metadata.name"), Some("p1"));
         assert!(FieldSelector::parse("").unwrap().is_empty());
         assert_eq!(
@@ -1007,13 +1041,18 @@ mod tests {
             .unwrap()
             .check_supported("Node")
             .is_ok());
-        assert!(FieldSelector::parse("type=Opaque").unwrap().check_supported("Secret").is_ok());
+        assert!(FieldSelector::parse("type=Opaque")
+            .unwrap()
+            .check_supported("Secret")
+            .is_ok());
         let rs = json!({"metadata": {"name": "r"}, "status": {"replicas": 3}});
         assert!(FieldSelector::parse("status.replicas=3")
             .unwrap()
             .matches(&selectable_fields("ReplicaSet", &rs)));
         let ev = json!({"metadata": {"name": "e"}, "source": {"component": "kubelet"}, "type": "Normal"});
         let f = selectable_fields("Event", &ev);
-        assert!(FieldSelector::parse("source=kubelet,type=Normal").unwrap().matches(&f));
+        assert!(FieldSelector::parse("source=kubelet,type=Normal")
+            .unwrap()
+            .matches(&f));
     }
 }

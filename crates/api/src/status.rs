@@ -238,7 +238,11 @@ impl ApiError {
 
     /// A plain 404 for a URL that names no resource.
     pub fn path_not_found() -> Self {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// The `metav1.Status` object.
@@ -258,7 +262,8 @@ impl ApiError {
                 details["group"] = json!(d.group);
             }
             if !d.causes.is_empty() {
-                details["causes"] = Value::Array(d.causes.iter().map(StatusCause::to_json).collect());
+                details["causes"] =
+                    Value::Array(d.causes.iter().map(StatusCause::to_json).collect());
             }
             if let Some(s) = d.retry_after_seconds {
                 details["retryAfterSeconds"] = json!(s);
@@ -285,7 +290,10 @@ mod tests {
         let e = ApiError::conflict(deploy, "web");
         assert_eq!(e.message, "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified; please apply your changes to the latest version and try again");
         let pods = find("", "v1", "pods").unwrap();
-        assert_eq!(ApiError::not_found(pods, "x").message, "pods \"x\" not found");
+        assert_eq!(
+            ApiError::not_found(pods, "x").message,
+            "pods \"x\" not found"
+        );
         let inv = ApiError::invalid(
             pods,
             "p",

@@ -119,7 +119,11 @@ pub fn name_rule(kind: &str) -> NameRule {
 }
 
 /// Label keys and values (`metadata.labels`, `spec.selector`, `nodeSelector`).
-pub(crate) fn validate_labels(labels: &Map<String, Value>, path: &str, errs: &mut Vec<StatusCause>) {
+pub(crate) fn validate_labels(
+    labels: &Map<String, Value>,
+    path: &str,
+    errs: &mut Vec<StatusCause>,
+) {
     for (k, v) in labels {
         for msg in names::qualified_name_errors(k) {
             errs.push(StatusCause::invalid(path, &json!(k), msg));
@@ -204,7 +208,10 @@ fn validate_object_meta_update(new: &Value, old: &Value) -> Vec<StatusCause> {
         let after = &new["metadata"][field];
         // Unset on the new object means "keep"; the server copies these before validating.
         if !after.is_null() && !before.is_null() && before != after {
-            errs.push(immutable(&format!("metadata.{field}"), &gofmt::scalar(after)));
+            errs.push(immutable(
+                &format!("metadata.{field}"),
+                &gofmt::scalar(after),
+            ));
         }
     }
     errs
@@ -259,16 +266,25 @@ fn validate_kind_update(kind: &str, new: &Value, old: &Value) -> Vec<StatusCause
             let (ns, os) = (&new["spec"], &old["spec"]);
             // An absent selector on the new object is filled in from the old by the server.
             if !ns["selector"].is_null() && ns["selector"] != os["selector"] {
-                errs.push(immutable("spec.selector", &gofmt::label_selector(&ns["selector"])));
+                errs.push(immutable(
+                    "spec.selector",
+                    &gofmt::label_selector(&ns["selector"]),
+                ));
             }
             if ns["template"] != os["template"] {
                 errs.push(immutable("spec.template", &ns["template"].to_string()));
             }
             if ns["completionMode"] != os["completionMode"] {
-                errs.push(immutable("spec.completionMode", &gofmt::scalar(&ns["completionMode"])));
+                errs.push(immutable(
+                    "spec.completionMode",
+                    &gofmt::scalar(&ns["completionMode"]),
+                ));
             }
             if ns["completions"] != os["completions"] && ns["completionMode"] != json!("Indexed") {
-                errs.push(immutable("spec.completions", &gofmt::scalar(&ns["completions"])));
+                errs.push(immutable(
+                    "spec.completions",
+                    &gofmt::scalar(&ns["completions"]),
+                ));
             }
         }
         "Service" => validate_service_update(new, old, &mut errs),
@@ -433,7 +449,11 @@ fn validate_int_or_percent(
                 return None;
             };
             if at_most_100_percent && n > 100 {
-                errs.push(invalid_raw(path.to_string(), s, "must not be greater than 100%"));
+                errs.push(invalid_raw(
+                    path.to_string(),
+                    s,
+                    "must not be greater than 100%",
+                ));
             }
             Some(n)
         }
@@ -714,7 +734,11 @@ fn validate_service(obj: &Value, errs: &mut Vec<StatusCause>) {
             errs.push(StatusCause::required(child(&ppath, "name")));
         } else if !name.is_empty() {
             for msg in names::dns1123_label_errors(name) {
-                errs.push(StatusCause::invalid(child(&ppath, "name"), &port["name"], msg));
+                errs.push(StatusCause::invalid(
+                    child(&ppath, "name"),
+                    &port["name"],
+                    msg,
+                ));
             }
             if !port_names.insert(name.to_string()) {
                 errs.push(StatusCause::duplicate(child(&ppath, "name"), &port["name"]));
@@ -894,9 +918,7 @@ fn validate_secret(obj: &Value, errs: &mut Vec<StatusCause>) {
     if size > MAX_DATA_SIZE {
         errs.push(too_long("data".to_string(), MAX_DATA_SIZE));
     }
-    let has = |k: &str| {
-        obj["data"].get(k).is_some() || obj["stringData"].get(k).is_some()
-    };
+    let has = |k: &str| obj["data"].get(k).is_some() || obj["stringData"].get(k).is_some();
     let required_keys: &[&str] = match obj["type"].as_str().unwrap_or("") {
         "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
         "kubernetes.io/dockercfg" => &[".dockercfg"],

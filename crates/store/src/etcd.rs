@@ -345,7 +345,7 @@ impl Store for EtcdStore {
     ) -> Result<WatchStream, StoreError> {
         let options = WatchOptions::new()
             .with_range(prefix_end(prefix))
-            .with_start_revision(after_revision + 1)
+            .with_start_revision(after_revision.saturating_add(1))
             .with_prev_key();
         let stream = self
             .client
@@ -356,7 +356,7 @@ impl Store for EtcdStore {
             .map_err(unavailable)?;
         let state = WatchState {
             stream,
-            requested: after_revision + 1,
+            requested: after_revision.saturating_add(1),
             ready: std::collections::VecDeque::new(),
             finished: false,
         };

@@ -13,7 +13,8 @@ const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', 
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
-const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
+const CONFIG_KEY_MSG: &str =
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
 
 /// Upstream's `RegexError`: the message, examples and the regex used.
 pub fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
@@ -293,10 +294,18 @@ mod tests {
     fn qualified_names() {
         assert!(qualified_name_errors("app.kubernetes.io/name").is_empty());
         assert!(qualified_name_errors("MyKey_1").is_empty());
-        assert_eq!(qualified_name_errors("/a"), vec!["prefix part must be non-empty"]);
+        assert_eq!(
+            qualified_name_errors("/a"),
+            vec!["prefix part must be non-empty"]
+        );
         assert!(qualified_name_errors("a/b/c")[0].starts_with("a qualified name must consist"));
-        assert!(qualified_name_errors("Ex.com/a")[0].starts_with("prefix part a lowercase RFC 1123"));
-        assert_eq!(qualified_name_errors(&"a".repeat(64))[0], "name part must be no more than 63 characters");
+        assert!(
+            qualified_name_errors("Ex.com/a")[0].starts_with("prefix part a lowercase RFC 1123")
+        );
+        assert_eq!(
+            qualified_name_errors(&"a".repeat(64))[0],
+            "name part must be no more than 63 characters"
+        );
     }
 
     #[test]
@@ -310,8 +319,14 @@ mod tests {
         assert!(env_var_name_errors("1_ok.too").is_empty());
         assert_eq!(env_var_name_errors("A=B").len(), 1);
         assert!(port_name_errors("http").is_empty());
-        assert_eq!(port_name_errors("8080"), vec!["must contain at least one letter (a-z)"]);
-        assert_eq!(port_name_errors("a--b"), vec!["must not contain consecutive hyphens"]);
+        assert_eq!(
+            port_name_errors("8080"),
+            vec!["must contain at least one letter (a-z)"]
+        );
+        assert_eq!(
+            port_name_errors("a--b"),
+            vec!["must not contain consecutive hyphens"]
+        );
     }
 
     #[test]

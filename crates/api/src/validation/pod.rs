@@ -160,7 +160,11 @@ fn validate_volumes(volumes: &Value, path: &str, errs: &mut Vec<StatusCause>) ->
             errs.push(StatusCause::required(child(&vpath, "name")));
         } else {
             for msg in names::dns1123_label_errors(name) {
-                errs.push(StatusCause::invalid(child(&vpath, "name"), &vol["name"], msg));
+                errs.push(StatusCause::invalid(
+                    child(&vpath, "name"),
+                    &vol["name"],
+                    msg,
+                ));
             }
             if !seen.insert(name.to_string()) {
                 errs.push(StatusCause::duplicate(child(&vpath, "name"), &vol["name"]));
@@ -228,11 +232,19 @@ fn validate_container(
     let mut port_names = HashSet::new();
     for (i, port) in items(&c["ports"]).iter().enumerate() {
         let ppath = index(&child(path, "ports"), i);
-        if let Some(pname) = port.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        if let Some(pname) = port
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
             let msgs = names::port_name_errors(pname);
             if !msgs.is_empty() {
                 for msg in msgs {
-                    errs.push(StatusCause::invalid(child(&ppath, "name"), &port["name"], msg));
+                    errs.push(StatusCause::invalid(
+                        child(&ppath, "name"),
+                        &port["name"],
+                        msg,
+                    ));
                 }
             } else if !port_names.insert(pname.to_string()) {
                 errs.push(StatusCause::duplicate(child(&ppath, "name"), &port["name"]));
@@ -275,7 +287,11 @@ fn validate_container(
             errs.push(StatusCause::required(child(&epath, "name")));
         } else {
             for msg in names::env_var_name_errors(ename) {
-                errs.push(StatusCause::invalid(child(&epath, "name"), &env["name"], msg));
+                errs.push(StatusCause::invalid(
+                    child(&epath, "name"),
+                    &env["name"],
+                    msg,
+                ));
             }
         }
         let has_value = env["value"].as_str().is_some_and(|v| !v.is_empty());
@@ -423,7 +439,9 @@ pub fn validate_pod_spec_update(new: &Value, old: &Value) -> Vec<StatusCause> {
         copy_field(obj, old_spec, "activeDeadlineSeconds");
         let old_tol = items(&old_spec["tolerations"]);
         if items(&new_spec["tolerations"]).starts_with(old_tol)
-            || old_tol.iter().all(|t| items(&new_spec["tolerations"]).contains(t))
+            || old_tol
+                .iter()
+                .all(|t| items(&new_spec["tolerations"]).contains(t))
         {
             copy_field(obj, old_spec, "tolerations");
         }
@@ -434,7 +452,9 @@ pub fn validate_pod_spec_update(new: &Value, old: &Value) -> Vec<StatusCause> {
         {
             copy_field(obj, old_spec, "schedulingGates");
         }
-        if old_spec["terminationGracePeriodSeconds"].as_i64().is_some_and(|g| g < 0)
+        if old_spec["terminationGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|g| g < 0)
             && new_spec["terminationGracePeriodSeconds"].as_i64() == Some(1)
         {
             copy_field(obj, old_spec, "terminationGracePeriodSeconds");
@@ -483,4 +503,3 @@ fn diff_paths(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
-

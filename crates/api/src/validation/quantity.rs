@@ -185,5 +185,4 @@ mod tests {
             assert_eq!(Quantity::parse(bad), Err(QuantityError), "{bad}");
         }
     }
-
 }

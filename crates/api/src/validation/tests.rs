@@ -73,16 +73,25 @@ fn bad_name_uses_upstream_message() {
 #[test]
 fn name_rules_per_kind() {
     let ns = json!({"metadata": {"name": "a.b"}});
-    assert!(has(&validate_create(info("Namespace"), &ns), "must not contain dots"));
+    assert!(has(
+        &validate_create(info("Namespace"), &ns),
+        "must not contain dots"
+    ));
     let svc = json!({"metadata": {"name": "1svc", "namespace": "d"}, "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
-    assert!(has(&validate_create(info("Service"), &svc), "a DNS-1035 label"));
+    assert!(has(
+        &validate_create(info("Service"), &svc),
+        "a DNS-1035 label"
+    ));
     let missing = json!({"metadata": {"namespace": "d"}, "data": {}});
     assert_eq!(
         messages(&validate_create(info("ConfigMap"), &missing)),
         vec!["metadata.name: Required value: name or generateName is required"]
     );
     let forbidden_ns = json!({"metadata": {"name": "n1", "namespace": "x"}});
-    assert!(has(&validate_create(info("Node"), &forbidden_ns), "metadata.namespace: Forbidden: not allowed on this type"));
+    assert!(has(
+        &validate_create(info("Node"), &forbidden_ns),
+        "metadata.namespace: Forbidden: not allowed on this type"
+    ));
 }
 
 #[test]
@@ -91,9 +100,18 @@ fn labels_and_annotations() {
     p["metadata"]["labels"] = json!({"bad key": "v", "ok": "-bad"});
     p["metadata"]["annotations"] = json!({"big": "x".repeat(TOTAL_ANNOTATION_SIZE_LIMIT)});
     let errs = validate_create(info("Pod"), &p);
-    assert!(has(&errs, "metadata.labels: Invalid value: \"bad key\": name part must consist of"));
-    assert!(has(&errs, "metadata.labels: Invalid value: \"-bad\": a valid label must be an empty string"));
-    assert!(has(&errs, "metadata.annotations: Too long: may not be more than 262144 bytes"));
+    assert!(has(
+        &errs,
+        "metadata.labels: Invalid value: \"bad key\": name part must consist of"
+    ));
+    assert!(has(
+        &errs,
+        "metadata.labels: Invalid value: \"-bad\": a valid label must be an empty string"
+    ));
+    assert!(has(
+        &errs,
+        "metadata.annotations: Too long: may not be more than 262144 bytes"
+    ));
 }
 
 #[test]
@@ -138,7 +156,10 @@ fn pod_spec_problems_are_all_reported() {
 fn empty_containers_required() {
     let mut p = pod();
     p["spec"]["containers"] = json!([]);
-    assert!(has(&validate_create(info("Pod"), &p), "spec.containers: Required value"));
+    assert!(has(
+        &validate_create(info("Pod"), &p),
+        "spec.containers: Required value"
+    ));
 }
 
 #[test]
@@ -154,7 +175,10 @@ fn resources_requests_must_not_exceed_limits() {
         vec!["spec.containers[0].resources.requests[cpu]: Invalid value: \"2\": must be less than or equal to cpu limit of 1500m"]
     );
     p["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "lots"}});
-    assert!(has(&validate_create(info("Pod"), &p), "quantities must match the regular expression"));
+    assert!(has(
+        &validate_create(info("Pod"), &p),
+        "quantities must match the regular expression"
+    ));
 }
 
 #[test]
@@ -170,15 +194,23 @@ fn pod_update_only_allows_images() {
     assert_eq!(errs.len(), 1, "{:?}", messages(&errs));
     assert_eq!(errs[0].field, "spec");
     assert_eq!(errs[0].reason, "FieldValueForbidden");
-    assert!(errs[0].message.starts_with("Forbidden: pod updates may not change fields other than `spec.containers[*].image`"));
-    assert!(errs[0].message.contains("spec.containers[0].ports[0].containerPort: 80 -> 8080"));
+    assert!(errs[0].message.starts_with(
+        "Forbidden: pod updates may not change fields other than `spec.containers[*].image`"
+    ));
+    assert!(errs[0]
+        .message
+        .contains("spec.containers[0].ports[0].containerPort: 80 -> 8080"));
     assert!(!errs[0].message.contains("spec.tolerations: null"));
 }
 
 #[test]
 fn deployment_selector_must_match_template() {
     let d = deployment();
-    assert!(validate_create(info("Deployment"), &d).is_empty(), "{:?}", messages(&validate_create(info("Deployment"), &d)));
+    assert!(
+        validate_create(info("Deployment"), &d).is_empty(),
+        "{:?}",
+        messages(&validate_create(info("Deployment"), &d))
+    );
     let mut bad = deployment();
     bad["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
     bad["spec"]["replicas"] = json!(-1);
@@ -195,10 +227,16 @@ fn deployment_selector_must_match_template() {
     }
     let mut none = deployment();
     none["spec"].as_object_mut().unwrap().remove("selector");
-    assert!(has(&validate_create(info("Deployment"), &none), "spec.selector: Required value"));
+    assert!(has(
+        &validate_create(info("Deployment"), &none),
+        "spec.selector: Required value"
+    ));
     let mut empty = deployment();
     empty["spec"]["selector"] = json!({});
-    assert!(has(&validate_create(info("Deployment"), &empty), "empty selector is invalid for deployment"));
+    assert!(has(
+        &validate_create(info("Deployment"), &empty),
+        "empty selector is invalid for deployment"
+    ));
 }
 
 #[test]
@@ -225,7 +263,9 @@ fn job_restart_policy_and_counts() {
     });
     let got = messages(&validate_create(info("Job"), &job));
     assert!(got.contains(&"spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"".to_string()), "{got:?}");
-    assert!(got.contains(&"spec.parallelism: Invalid value: -1: must be greater than or equal to 0".to_string()));
+    assert!(got.contains(
+        &"spec.parallelism: Invalid value: -1: must be greater than or equal to 0".to_string()
+    ));
     job["spec"]["parallelism"] = json!(1);
     job["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
     let got = messages(&validate_create(info("Job"), &job));
@@ -268,11 +308,18 @@ fn service_ports() {
     assert!(has(&validate_create(info("Service"), &np), "spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767"));
     let mut cip = service();
     cip["spec"]["ports"][0]["nodePort"] = json!(30001);
-    assert!(has(&validate_create(info("Service"), &cip), "may not be used when `type` is 'ClusterIP'"));
-    let headless = json!({"metadata": {"name": "h", "namespace": "d"}, "spec": {"clusterIP": "None"}});
+    assert!(has(
+        &validate_create(info("Service"), &cip),
+        "may not be used when `type` is 'ClusterIP'"
+    ));
+    let headless =
+        json!({"metadata": {"name": "h", "namespace": "d"}, "spec": {"clusterIP": "None"}});
     assert!(validate_create(info("Service"), &headless).is_empty());
     let no_ports = json!({"metadata": {"name": "h", "namespace": "d"}, "spec": {}});
-    assert!(has(&validate_create(info("Service"), &no_ports), "spec.ports: Required value"));
+    assert!(has(
+        &validate_create(info("Service"), &no_ports),
+        "spec.ports: Required value"
+    ));
 }
 
 #[test]
@@ -282,7 +329,9 @@ fn service_cluster_ip_is_immutable() {
     new["spec"]["clusterIP"] = json!("10.96.0.11");
     assert_eq!(
         messages(&validate_update(info("Service"), &new, &old)),
-        vec!["spec.clusterIPs[0]: Invalid value: []string{\"10.96.0.11\"}: may not change once set"]
+        vec![
+            "spec.clusterIPs[0]: Invalid value: []string{\"10.96.0.11\"}: may not change once set"
+        ]
     );
     new["spec"]["clusterIP"] = json!("");
     assert!(validate_update(info("Service"), &new, &old).is_empty());
@@ -296,13 +345,24 @@ fn configmap_and_secret_keys() {
         vec!["data[bad key]: Invalid value: \"bad key\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"]
     );
     let tls = json!({"metadata": {"name": "s", "namespace": "d"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}});
-    assert_eq!(messages(&validate_create(info("Secret"), &tls)), vec!["data[tls.key]: Required value"]);
+    assert_eq!(
+        messages(&validate_create(info("Secret"), &tls)),
+        vec!["data[tls.key]: Required value"]
+    );
     let old = json!({"metadata": {"name": "s", "namespace": "d"}, "type": "Opaque"});
     let new = json!({"metadata": {"name": "s", "namespace": "d"}, "type": "Other"});
-    assert!(has(&validate_update(info("Secret"), &new, &old), "type: Invalid value: \"Other\": field is immutable"));
-    let frozen = json!({"metadata": {"name": "c", "namespace": "d"}, "immutable": true, "data": {"a": "1"}});
-    let changed = json!({"metadata": {"name": "c", "namespace": "d"}, "immutable": true, "data": {"a": "2"}});
-    assert!(has(&validate_update(info("ConfigMap"), &changed, &frozen), "data: Forbidden: field is immutable when `immutable` is set"));
+    assert!(has(
+        &validate_update(info("Secret"), &new, &old),
+        "type: Invalid value: \"Other\": field is immutable"
+    ));
+    let frozen =
+        json!({"metadata": {"name": "c", "namespace": "d"}, "immutable": true, "data": {"a": "1"}});
+    let changed =
+        json!({"metadata": {"name": "c", "namespace": "d"}, "immutable": true, "data": {"a": "2"}});
+    assert!(has(
+        &validate_update(info("ConfigMap"), &changed, &frozen),
+        "data: Forbidden: field is immutable when `immutable` is set"
+    ));
 }
 
 #[test]
@@ -311,12 +371,22 @@ fn statefulset_and_daemonset() {
     let spec = sts["spec"].as_object_mut().unwrap();
     spec.remove("strategy");
     spec.insert("podManagementPolicy".into(), json!("OrderedReady"));
-    spec.insert("updateStrategy".into(), json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+    spec.insert(
+        "updateStrategy".into(),
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+    );
     spec.insert("serviceName".into(), json!("web"));
-    assert!(validate_create(info("StatefulSet"), &sts).is_empty(), "{:?}", messages(&validate_create(info("StatefulSet"), &sts)));
+    assert!(
+        validate_create(info("StatefulSet"), &sts).is_empty(),
+        "{:?}",
+        messages(&validate_create(info("StatefulSet"), &sts))
+    );
     let mut changed = sts.clone();
     changed["spec"]["serviceName"] = json!("other");
-    assert!(has(&validate_update(info("StatefulSet"), &changed, &sts), "spec: Forbidden: updates to statefulset spec for fields other than"));
+    assert!(has(
+        &validate_update(info("StatefulSet"), &changed, &sts),
+        "spec: Forbidden: updates to statefulset spec for fields other than"
+    ));
     let mut scaled = sts.clone();
     scaled["spec"]["replicas"] = json!(3);
     assert!(validate_update(info("StatefulSet"), &scaled, &sts).is_empty());
@@ -325,7 +395,10 @@ fn statefulset_and_daemonset() {
     let spec = ds["spec"].as_object_mut().unwrap();
     spec.remove("strategy");
     spec.remove("replicas");
-    spec.insert("updateStrategy".into(), json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 0}}));
+    spec.insert(
+        "updateStrategy".into(),
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 0}}),
+    );
     assert!(has(&validate_create(info("DaemonSet"), &ds), "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"));
 }
 

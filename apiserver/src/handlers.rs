@@ -164,7 +164,7 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
         .collect();
     let text = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
     let (rev, key) = text.split_once('/').ok_or_else(bad)?;
-    Ok((rev.parse().map_err(|_| bad())?, format!("/{key}")))
+    Ok((rev.parse().map_err(|_| bad())?, key.to_string()))
 }
 
 async fn list(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
@@ -432,6 +432,7 @@ async fn create(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
 async fn create_object(state: &ApiState, req: &Request, mut obj: Value) -> ApiResult<Value> {
     let resource = req.target.resource;
     let namespace = req.target.namespace.as_deref().filter(|_| resource.namespaced);
+    objects::check_schema(resource, &mut obj, req.params.strict_fields())?;
     objects::prepare_create(resource, namespace, &mut obj)?;
     if let Some(ns) = namespace {
         check_namespace(state, ns).await?;
@@ -530,6 +531,7 @@ async fn update(state: Arc<ApiState>, req: Request, scope: UpdateScope) -> ApiRe
             next["spec"]["finalizers"] = new["spec"]["finalizers"].take();
             return Ok(next);
         }
+        objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         objects::prepare_update(resource, old, &mut new, scope)?;
         crate::admission::on_update(resource, old, &mut new)?;
         Ok(new)
@@ -574,6 +576,7 @@ async fn patch(state: Arc<ApiState>, req: Request, scope: UpdateScope) -> ApiRes
     }
     let updated = write_loop(&state, &req, None, |old| {
         let mut new = rkube_patch::apply_patch(ptype, old, &req.body, resource.kind).map_err(patch_error)?;
+        objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         objects::prepare_update(resource, old, &mut new, scope)?;
         crate::admission::on_update(resource, old, &mut new)?;
         Ok(new)

@@ -95,6 +95,29 @@ pub fn check_type(resource: &ResourceInfo, obj: &mut Value, expect_kind: &str, e
     Ok(())
 }
 
+/// Rejects bodies whose fields have the wrong JSON type for their kind and, with
+/// `fieldValidation=Strict` (kubectl's default), unknown fields - both as upstream does.
+pub fn check_schema(resource: &ResourceInfo, obj: &mut Value, strict: bool) -> Result<(), ApiError> {
+    rkube_api::typed::normalize_quantities(obj);
+    let report = rkube_api::typed::check(resource.kind, obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {}",
+            resource.kind, resource.version, resource.kind, e
+        ))
+    })?;
+    if strict && !report.unknown_fields.is_empty() {
+        let list: Vec<String> = report.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            resource.kind,
+            resource.version,
+            resource.kind,
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Prepares a new object for storage: names, namespace, server-owned metadata, defaults,
 /// validation. `namespace` is the URL's namespace for namespaced resources.
 pub fn prepare_create(resource: &ResourceInfo, namespace: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
@@ -230,7 +253,11 @@ pub fn prepare_update(resource: &ResourceInfo, old: &Value, new: &mut Value, sco
     } else {
         meta.remove("generation");
     }
-    defaults::apply_defaults(resource, new);
+    // A status write carries the stored (already defaulted) spec; defaulting it again
+    // could only invent differences.
+    if scope != UpdateScope::Status {
+        defaults::apply_defaults(resource, new);
+    }
     if resource.tracks_generation && spec_part(old) != spec_part(new) {
         let g = new["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
         meta_mut(new).insert("generation".into(), json!(g));
@@ -303,8 +330,9 @@ mod tests {
     #[test]
     fn status_updates_touch_only_status() {
         let pods = find("", "v1", "pods").unwrap();
-        let old = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "1"}},
+        let mut old = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "1"}},
             "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        prepare_create(pods, Some("default"), &mut old).unwrap();
         let mut new = old.clone();
         new["metadata"]["labels"] = json!({"a": "2"});
         new["status"] = json!({"phase": "Running"});

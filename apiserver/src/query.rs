@@ -64,6 +64,12 @@ impl Params {
         self.dry_run.as_deref() == Some("All")
     }
 
+    /// `fieldValidation=Strict`: unknown fields are errors (otherwise they are dropped
+    /// silently by clients that re-read the object, and kept by us).
+    pub fn strict_fields(&self) -> bool {
+        self.field_validation.as_deref() == Some("Strict")
+    }
+
     pub fn force(&self) -> bool {
         truthy(&self.force)
     }

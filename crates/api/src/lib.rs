@@ -5,6 +5,7 @@
 //! - [`status`]: `metav1.Status` errors with upstream reasons and messages.
 //! - [`selectors`]: label and field selectors.
 //! - [`defaults`] and [`validation`]: per-kind defaulting and validation of JSON objects.
+//! - [`typed`]: schema checks against the upstream types (wrong JSON types, unknown fields).
 //! - [`table`]: `meta.k8s.io/v1` Table columns and cells for `kubectl get`.
 //!
 //! Objects are handled as `serde_json::Value` so the API server can store exactly what
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod selectors;
 pub mod status;
 pub mod table;
+pub mod typed;
 pub mod validation;
 
 pub use registry::{ResourceInfo, REGISTRY};

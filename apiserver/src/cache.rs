@@ -178,6 +178,7 @@ pub struct WatchCache {
     history_capacity: usize,
     tx: broadcast::Sender<Broadcast>,
     revision_tx: watch::Sender<Revision>,
+    feeder: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 const ROOT_PREFIX: &str = "/registry/";
@@ -202,15 +203,26 @@ impl WatchCache {
             history_capacity: history_capacity.max(1),
             tx,
             revision_tx,
+            feeder: parking_lot::Mutex::new(None),
         });
         let feeder = cache.clone();
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             tokio::select! {
                 _ = feeder.feed(store) => {}
                 _ = crate::stopped(&mut shutdown) => {}
             }
         });
+        *cache.feeder.lock() = Some(handle);
         cache
+    }
+
+    /// Waits for the feeder to finish after shutdown, so that it no longer holds the store
+    /// (the embedded store keeps its directory locked until dropped).
+    pub async fn join_feeder(&self) {
+        let handle = self.feeder.lock().take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
     }
 
     pub fn is_ready(&self) -> bool {

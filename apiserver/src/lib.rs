@@ -102,7 +102,14 @@ pub struct ApiState {
 
 pub async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn Store>, ServerError> {
     Ok(match storage {
-        StorageConfig::Embedded { data_dir } => Arc::new(rkube_store::embedded::EmbeddedStore::open(data_dir)?),
+        StorageConfig::Embedded { data_dir } => {
+            // Opening replays the log from disk: blocking work, kept off the async workers.
+            let dir = data_dir.clone();
+            let opened = tokio::task::spawn_blocking(move || rkube_store::embedded::EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| ServerError::Config(format!("store open task failed: {e}")))??;
+            Arc::new(opened)
+        }
         StorageConfig::Etcd { endpoints } => Arc::new(rkube_store::etcd::EtcdStore::connect(endpoints).await?),
     })
 }
@@ -121,15 +128,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = state(&config, store.clone(), stop_rx)?;
     bootstrap(&state).await;
-    let compactor = tokio::spawn(compact_periodically(store, config.compaction_interval, state.shutdown.clone()));
+    let compactor = tokio::spawn(compact_periodically(store.clone(), config.compaction_interval, state.shutdown.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?config.storage, "rkube-apiserver serving");
     let graceful = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    axum::serve(listener, app(state)).with_graceful_shutdown(graceful).await?;
+    axum::serve(listener, app(state.clone())).with_graceful_shutdown(graceful).await?;
     compactor.abort();
+    let _ = compactor.await;
+    state.cache.join_feeder().await;
+    drop(state);
+    // The store closes (and releases its directory) when the last handle goes; handlers
+    // are done and background tasks joined, so that is now, unless a caller still holds it.
+    drop(store);
     tracing::info!("rkube-apiserver stopped");
     Ok(())
 }

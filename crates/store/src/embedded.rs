@@ -40,6 +40,7 @@ use wal::Record;
 
 const WAL_FILE: &str = "wal";
 const SNAPSHOT_FILE: &str = "snapshot";
+const LOCK_FILE: &str = "LOCK";
 const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
 /// Upper bound on requests committed by one fsync, so one group's latency stays bounded.
 const MAX_GROUP: usize = 1024;
@@ -379,6 +380,9 @@ struct Shared {
 
 /// The embedded, durable store. Open it with [`EmbeddedStore::open`].
 pub struct EmbeddedStore {
+    /// Held (with an exclusive lock) for the store's lifetime: two processes appending to
+    /// one log would corrupt it.
+    _lock: File,
     shared: Arc<Shared>,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
@@ -399,6 +403,20 @@ impl EmbeddedStore {
 
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "store directory {} is in use by another process ({e})",
+                    dir.display()
+                ),
+            )));
+        }
         let tmp = dir.join(SNAPSHOT_TMP_FILE);
         if tmp.exists() {
             std::fs::remove_file(&tmp)?;
@@ -470,6 +488,7 @@ impl EmbeddedStore {
             .name("rkube-store-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(EmbeddedStore {
+            _lock: lock,
             shared,
             requests: Some(tx),
             writer: Some(handle),

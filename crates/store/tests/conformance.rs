@@ -439,6 +439,16 @@ mod embedded_durability {
     }
 
     #[tokio::test]
+    async fn a_directory_in_use_cannot_be_opened_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path());
+        let err = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        open(dir.path());
+    }
+
+    #[tokio::test]
     async fn reopen_keeps_values_revisions_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let (a2, before_all, before_at3, revision) = {

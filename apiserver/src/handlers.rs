@@ -390,6 +390,17 @@ pub fn decode_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml_ng::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}")))?,
+        // client-go's typed clients (kubectl create namespace/configmap/deployment...) send
+        // protobuf; the kinds they send are translated to the equivalent JSON.
+        rkube_proto::CONTENT_TYPE => rkube_proto::decode(body).map_err(|e| match e {
+            rkube_proto::ProtoError::MissingMagic
+            | rkube_proto::ProtoError::Malformed(_)
+            | rkube_proto::ProtoError::MissingKind
+            | rkube_proto::ProtoError::WireType { .. }
+            | rkube_proto::ProtoError::InvalidValue { .. }
+            | rkube_proto::ProtoError::TooDeep(_) => ApiError::bad_request(format!("couldn't decode protobuf body: {e}")),
+            other => ApiError::unsupported_media_type(other.to_string()),
+        })?,
         other => {
             return Err(ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
@@ -930,7 +941,8 @@ mod tests {
     fn bodies_must_be_objects_and_media_types_known() {
         assert_eq!(decode_body(b"[1]", "application/json").unwrap_err().code, 400);
         assert_eq!(decode_body(b"{", "application/json").unwrap_err().code, 400);
-        assert_eq!(decode_body(b"{}", "application/vnd.kubernetes.protobuf").unwrap_err().code, 415);
+        assert_eq!(decode_body(b"{}", "application/vnd.kubernetes.protobuf").unwrap_err().code, 400);
+        assert_eq!(decode_body(b"{}", "application/cbor").unwrap_err().code, 415);
         assert!(decode_body(b"a: 1", "application/yaml").is_ok());
     }
 }

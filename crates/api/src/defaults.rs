@@ -8,6 +8,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::registry::ResourceInfo;
+use crate::validation::quantity::Quantity;
 
 /// Fills in upstream defaults (e.g. `spec.replicas: 1`, container
 /// `imagePullPolicy`, `terminationMessagePath`, service `type: ClusterIP`).
@@ -35,6 +36,7 @@ pub fn apply_kind_defaults(kind: &str, obj: &mut Value) {
         "Secret" => {
             if let Some(o) = obj.as_object_mut() {
                 set_if_absent(o, "type", json!("Opaque"));
+                merge_string_data(o);
             }
         }
         "Namespace" => {
@@ -61,6 +63,41 @@ pub fn apply_kind_defaults(kind: &str, obj: &mut Value) {
         "EndpointSlice" => default_port_protocols(obj.get_mut("ports")),
         _ => {}
     }
+}
+
+/// Upstream's Secret conversion: `stringData` is write-only, merged into `data` (base64)
+/// with its values winning, and never stored.
+fn merge_string_data(secret: &mut Map<String, Value>) {
+    let Some(Value::Object(string_data)) = secret.remove("stringData") else {
+        return;
+    };
+    let data = child_object(secret, "data");
+    for (k, v) in string_data {
+        let text = v.as_str().unwrap_or("");
+        data.insert(k, json!(base64_encode(text.as_bytes())));
+    }
+}
+
+/// Standard padded base64, as Go encodes `[]byte` in JSON.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The object at `obj[field]`, created as `{}` when absent or not an object.
@@ -243,6 +280,14 @@ fn default_requests_from_limits(c: &mut Value) {
     }
 }
 
+fn quantity_of(v: &Value) -> Option<Quantity> {
+    match v {
+        Value::String(s) => Quantity::parse(s).ok(),
+        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
+        _ => None,
+    }
+}
+
 /// Upstream's QoS class: Guaranteed, Burstable or BestEffort.
 pub fn qos_class(spec: &Value) -> &'static str {
     let containers: Vec<&Value> = ["initContainers", "containers"]
@@ -266,10 +311,12 @@ pub fn qos_class(spec: &Value) -> &'static str {
             any = true;
         }
         for res in ["cpu", "memory"] {
-            let limit = limits.and_then(|l| l.get(res));
-            let request = requests.and_then(|r| r.get(res)).or(limit);
-            if limit.is_none() || request != limit {
-                guaranteed = false;
+            let limit = limits.and_then(|l| l.get(res)).and_then(quantity_of);
+            let request = requests.and_then(|r| r.get(res)).and_then(quantity_of);
+            match (limit, request) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(_), None) => {}
+                _ => guaranteed = false,
             }
         }
     }
@@ -350,8 +397,37 @@ fn default_statefulset(obj: &mut Value) {
     default_template(spec, TemplateOwner::Workload);
 }
 
+/// The Job create strategy's generated selector: pods are matched by the Job's uid, and
+/// the template carries the job name and uid under both the current and legacy keys.
+/// Skipped with `manualSelector: true` or before the server has assigned a uid.
+fn generate_job_selector(obj: &mut Value) {
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if uid.is_empty() || obj["spec"]["manualSelector"].as_bool() == Some(true) {
+        return;
+    }
+    let spec = object_at(obj, "spec");
+    let template = child_object(spec, "template");
+    let labels = child_object(child_object(template, "metadata"), "labels");
+    for (label, value) in [
+        ("job-name", &name),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("batch.kubernetes.io/controller-uid", &uid),
+    ] {
+        labels.entry(label).or_insert_with(|| json!(value));
+    }
+    let selector = child_object(spec, "selector");
+    child_object(selector, "matchLabels")
+        .entry("batch.kubernetes.io/controller-uid")
+        .or_insert_with(|| json!(uid));
+}
+
 fn default_job(obj: &mut Value) {
-    let template_labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    // Upstream defaults (copying the user's template labels) before the strategy adds its own.
+    copy_template_labels_to_job(obj);
+    generate_job_selector(obj);
+    copy_template_labels_to_job(obj);
     {
         let spec = object_at(obj, "spec");
         let unset = |s: &Map<String, Value>, f: &str| s.get(f).is_none_or(Value::is_null);
@@ -376,7 +452,11 @@ fn default_job(obj: &mut Value) {
         set_if_absent(spec, "podReplacementPolicy", json!(replacement));
         default_template(spec, TemplateOwner::Job);
     }
-    // The job takes its template's labels when it has none of its own.
+}
+
+/// The job takes its template's labels when it has none of its own.
+fn copy_template_labels_to_job(obj: &mut Value) {
+    let template_labels = obj["spec"]["template"]["metadata"]["labels"].clone();
     if template_labels.as_object().is_some_and(|l| !l.is_empty()) {
         let meta = object_at(obj, "metadata");
         if meta
@@ -520,6 +600,12 @@ mod tests {
         let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]});
         assert_eq!(qos_class(&burstable), "Burstable");
         assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
+        let same = json!({"containers": [{"resources": {
+            "requests": {"cpu": "1000m", "memory": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1073741824"}}}]});
+        assert_eq!(qos_class(&same), "Guaranteed");
+        let cpu_only = json!({"containers": [{"resources": {"limits": {"cpu": "1"}}}]});
+        assert_eq!(qos_class(&cpu_only), "Burstable");
     }
 
     #[test]
@@ -584,8 +670,40 @@ mod tests {
         assert!(spec["template"]["spec"].get("restartPolicy").is_none());
         assert_eq!(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst");
         assert_eq!(job["metadata"]["labels"], json!({"a": "b"}));
+        assert!(spec.get("selector").is_none(), "no uid yet, no selector");
         let parallel = defaulted("Job", json!({"spec": {"parallelism": 3}}));
         assert!(parallel["spec"].get("completions").is_none());
+    }
+
+    #[test]
+    fn job_selector_is_generated_from_uid() {
+        let job = defaulted(
+            "Job",
+            json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {}}}}),
+        );
+        assert_eq!(
+            job["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        let want_labels = json!({
+            "job-name": "pi", "batch.kubernetes.io/job-name": "pi",
+            "controller-uid": "u-1", "batch.kubernetes.io/controller-uid": "u-1"
+        });
+        assert_eq!(job["spec"]["template"]["metadata"]["labels"], want_labels);
+        assert_eq!(job["metadata"]["labels"], want_labels);
+        // Defaulting again (an update) changes nothing.
+        assert_eq!(defaulted("Job", job.clone()), job);
+
+        let labelled = defaulted(
+            "Job",
+            json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"metadata": {"labels": {"app": "pi"}}}}}),
+        );
+        assert_eq!(labelled["metadata"]["labels"], json!({"app": "pi"}));
+        let manual = defaulted(
+            "Job",
+            json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"manualSelector": true}}),
+        );
+        assert!(manual["spec"].get("selector").is_none());
     }
 
     #[test]
@@ -615,6 +733,16 @@ mod tests {
     #[test]
     fn secret_namespace_node() {
         assert_eq!(defaulted("Secret", json!({}))["type"], "Opaque");
+        let merged = defaulted(
+            "Secret",
+            json!({"data": {"a": "eA==", "b": "eA=="}, "stringData": {"b": "hello", "c": "hi!"}}),
+        );
+        assert_eq!(
+            merged,
+            json!({"type": "Opaque", "data": {"a": "eA==", "b": "aGVsbG8=", "c": "aGkh"}})
+        );
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
         assert_eq!(
             defaulted("Secret", json!({"type": "kubernetes.io/tls"}))["type"],
             "kubernetes.io/tls"

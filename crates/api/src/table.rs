@@ -564,10 +564,11 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
             s.to_string()
         }
     };
+    // Upstream reads podIPs only; podIP covers writers that set just the singular field.
     let pod_ip = items(&status["podIPs"])
         .first()
         .map(|ip| str_at(ip, &["ip"]))
-        .unwrap_or("");
+        .unwrap_or_else(|| str_at(status, &["podIP"]));
     let gates = items(&spec["readinessGates"]);
     let readiness_gates = if gates.is_empty() {
         "<none>".to_string()

@@ -226,7 +226,14 @@ fn validate_kind(kind: &str, obj: &Value) -> Vec<StatusCause> {
         "Deployment" => validate_deployment(obj, &mut errs),
         "ReplicaSet" => {
             validate_nonnegative(obj, &["replicas", "minReadySeconds"], &mut errs);
-            validate_selector_and_template(obj, "deployment", SpecOwner::Workload, true, &mut errs);
+            validate_selector_and_template(
+                obj,
+                "deployment",
+                "ReplicaSet",
+                SpecOwner::Workload,
+                true,
+                &mut errs,
+            );
         }
         "DaemonSet" => validate_daemonset(obj, &mut errs),
         "StatefulSet" => validate_statefulset(obj, &mut errs),
@@ -355,6 +362,7 @@ fn validate_label_selector(sel: &Value, path: &str, errs: &mut Vec<StatusCause>)
 fn validate_selector_and_template(
     obj: &Value,
     empty_selector_kind: &str,
+    template_kind: &str,
     owner: SpecOwner,
     selector_required: bool,
     errs: &mut Vec<StatusCause>,
@@ -409,6 +417,12 @@ fn validate_selector_and_template(
         "spec.template.spec",
         owner,
     ));
+    if owner == SpecOwner::Workload && !template["spec"]["activeDeadlineSeconds"].is_null() {
+        errs.push(StatusCause::forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            format!("activeDeadlineSeconds in {template_kind} is not Supported"),
+        ));
+    }
 }
 
 /// An `IntOrString` that must be a non-negative int or a percentage; returns the number.
@@ -475,8 +489,8 @@ fn int_or_string_text(v: &Value) -> String {
     }
 }
 
-/// `maxUnavailable`/`maxSurge` of a rolling update at `path`.
-fn validate_rolling_update(ru: &Value, path: &str, errs: &mut Vec<StatusCause>) {
+fn validate_deployment_rolling_update(ru: &Value, errs: &mut Vec<StatusCause>) {
+    let path = "spec.strategy.rollingUpdate";
     let mu_path = child(path, "maxUnavailable");
     let unavailable = validate_int_or_percent(&ru["maxUnavailable"], &mu_path, true, errs);
     let surge = validate_int_or_percent(&ru["maxSurge"], &child(path, "maxSurge"), false, errs);
@@ -486,6 +500,24 @@ fn validate_rolling_update(ru: &Value, path: &str, errs: &mut Vec<StatusCause>) 
             &int_or_string_text(&ru["maxUnavailable"]),
             "may not be 0 when `maxSurge` is 0",
         ));
+    }
+}
+
+/// A DaemonSet rolls either by taking nodes down (maxUnavailable) or by surging, not both.
+fn validate_daemonset_rolling_update(ru: &Value, errs: &mut Vec<StatusCause>) {
+    let path = "spec.updateStrategy.rollingUpdate";
+    let mu_path = child(path, "maxUnavailable");
+    let ms_path = child(path, "maxSurge");
+    let unavailable = validate_int_or_percent(&ru["maxUnavailable"], &mu_path, true, errs);
+    let surge = validate_int_or_percent(&ru["maxSurge"], &ms_path, true, errs);
+    match (unavailable.unwrap_or(0) != 0, surge.unwrap_or(0) != 0) {
+        (true, true) => errs.push(invalid_raw(
+            ms_path,
+            &int_or_string_text(&ru["maxSurge"]),
+            "may not be set when maxUnavailable is non-zero",
+        )),
+        (false, false) => errs.push(required_detail(mu_path, "cannot be 0 when maxSurge is 0")),
+        _ => {}
     }
 }
 
@@ -501,7 +533,14 @@ fn validate_deployment(obj: &Value, errs: &mut Vec<StatusCause>) {
         ],
         errs,
     );
-    validate_selector_and_template(obj, "deployment", SpecOwner::Workload, true, errs);
+    validate_selector_and_template(
+        obj,
+        "deployment",
+        "ReplicaSet",
+        SpecOwner::Workload,
+        true,
+        errs,
+    );
     let strategy = &spec["strategy"];
     match strategy["type"].as_str().unwrap_or("") {
         "Recreate" => {
@@ -512,25 +551,21 @@ fn validate_deployment(obj: &Value, errs: &mut Vec<StatusCause>) {
                 ));
             }
         }
+        "RollingUpdate" if strategy["rollingUpdate"].is_null() => errs.push(required_detail(
+            "spec.strategy.rollingUpdate".to_string(),
+            "this should be defaulted and never be nil",
+        )),
         "RollingUpdate" => {
-            validate_rolling_update(
-                &strategy["rollingUpdate"],
-                "spec.strategy.rollingUpdate",
-                errs,
-            );
+            validate_deployment_rolling_update(&strategy["rollingUpdate"], errs);
         }
-        "" => errs.push(StatusCause::required("spec.strategy.type")),
         _ => errs.push(StatusCause::not_supported(
-            "spec.strategy.type",
-            &strategy["type"],
+            "spec.strategy",
+            strategy,
             &["Recreate", "RollingUpdate"],
         )),
     }
-    if let (Some(pds), Some(mrs)) = (
-        spec["progressDeadlineSeconds"].as_i64(),
-        spec["minReadySeconds"].as_i64(),
-    ) {
-        if pds <= mrs {
+    if let Some(pds) = spec["progressDeadlineSeconds"].as_i64() {
+        if pds <= spec["minReadySeconds"].as_i64().unwrap_or(0) {
             errs.push(StatusCause::invalid(
                 "spec.progressDeadlineSeconds",
                 &spec["progressDeadlineSeconds"],
@@ -542,20 +577,25 @@ fn validate_deployment(obj: &Value, errs: &mut Vec<StatusCause>) {
 
 fn validate_daemonset(obj: &Value, errs: &mut Vec<StatusCause>) {
     validate_nonnegative(obj, &["minReadySeconds", "revisionHistoryLimit"], errs);
-    validate_selector_and_template(obj, "daemonset", SpecOwner::Workload, true, errs);
+    validate_selector_and_template(
+        obj,
+        "daemonset",
+        "DaemonSet",
+        SpecOwner::Workload,
+        true,
+        errs,
+    );
     let strategy = &obj["spec"]["updateStrategy"];
     match strategy["type"].as_str().unwrap_or("") {
         "OnDelete" => {}
-        "RollingUpdate" => validate_rolling_update(
-            &strategy["rollingUpdate"],
-            "spec.updateStrategy.rollingUpdate",
-            errs,
-        ),
-        "" => errs.push(StatusCause::required("spec.updateStrategy.type")),
+        "RollingUpdate" if strategy["rollingUpdate"].is_null() => {
+            errs.push(StatusCause::required("spec.updateStrategy.rollingUpdate"))
+        }
+        "RollingUpdate" => validate_daemonset_rolling_update(&strategy["rollingUpdate"], errs),
         _ => errs.push(StatusCause::not_supported(
-            "spec.updateStrategy.type",
-            &strategy["type"],
-            &["OnDelete", "RollingUpdate"],
+            "spec.updateStrategy",
+            strategy,
+            &["RollingUpdate", "OnDelete"],
         )),
     }
 }
@@ -567,7 +607,14 @@ fn validate_statefulset(obj: &Value, errs: &mut Vec<StatusCause>) {
         &["replicas", "minReadySeconds", "revisionHistoryLimit"],
         errs,
     );
-    validate_selector_and_template(obj, "statefulset", SpecOwner::Workload, true, errs);
+    validate_selector_and_template(
+        obj,
+        "statefulset",
+        "StatefulSet",
+        SpecOwner::Workload,
+        true,
+        errs,
+    );
     match spec["podManagementPolicy"].as_str().unwrap_or("") {
         "OrderedReady" | "Parallel" => {}
         _ => errs.push(StatusCause::invalid(
@@ -602,7 +649,7 @@ fn validate_statefulset(obj: &Value, errs: &mut Vec<StatusCause>) {
                     errs.push(invalid_raw(
                         path.to_string(),
                         &int_or_string_text(&ru["maxUnavailable"]),
-                        "must be greater than 0",
+                        "cannot be 0",
                     ));
                 }
             }
@@ -680,7 +727,7 @@ fn validate_job(obj: &Value, errs: &mut Vec<StatusCause>) {
         )),
     }
     // The server generates a Job's selector when the client leaves it out.
-    validate_selector_and_template(obj, "job", SpecOwner::Job, false, errs);
+    validate_selector_and_template(obj, "job", "Job", SpecOwner::Job, false, errs);
 }
 
 // ---- Service -------------------------------------------------------------------------------
@@ -768,14 +815,12 @@ fn validate_service(obj: &Value, errs: &mut Vec<StatusCause>) {
             ));
         }
         match &port["targetPort"] {
-            Value::Number(n) => {
-                if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) {
-                    errs.push(StatusCause::invalid(
-                        child(&ppath, "targetPort"),
-                        &port["targetPort"],
-                        "must be between 1 and 65535, inclusive",
-                    ));
-                }
+            Value::Number(n) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                errs.push(StatusCause::invalid(
+                    child(&ppath, "targetPort"),
+                    &port["targetPort"],
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
             Value::String(s) => {
                 for msg in names::port_name_errors(s) {

@@ -24,7 +24,7 @@ const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
 const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
-const TERMINATION_MESSAGE_POLICIES: &[&str] = &["FallbackToLogsOnError", "File"];
+const TERMINATION_MESSAGE_POLICIES: &[&str] = &["File", "FallbackToLogsOnError"];
 
 fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("")
@@ -52,6 +52,17 @@ pub fn validate_pod_spec(spec: &Value, path: &str, owner: SpecOwner) -> Vec<Stat
         for (i, c) in list.iter().enumerate() {
             let cpath = index(&child(path, field), i);
             validate_container(c, &cpath, owner, &volumes, &mut container_names, &mut errs);
+            if let Some(policy) = c.get("restartPolicy").filter(|v| !v.is_null()) {
+                let rp_path = child(&cpath, "restartPolicy");
+                if field == "containers" {
+                    errs.push(StatusCause::forbidden(
+                        rp_path,
+                        "may not be set for non-init containers",
+                    ));
+                } else if policy.as_str() != Some("Always") {
+                    errs.push(StatusCause::not_supported(rp_path, policy, &["Always"]));
+                }
+            }
             for (j, port) in items(&c["ports"]).iter().enumerate() {
                 let hp = port["hostPort"].as_i64().unwrap_or(0);
                 if hp != 0 {
@@ -147,7 +158,70 @@ pub fn validate_pod_spec(spec: &Value, path: &str, owner: SpecOwner) -> Vec<Stat
     if let Some(ns) = spec.get("nodeSelector").and_then(Value::as_object) {
         validate_labels(ns, &child(path, "nodeSelector"), &mut errs);
     }
+    validate_tolerations(&spec["tolerations"], &child(path, "tolerations"), &mut errs);
     errs
+}
+
+fn validate_tolerations(tolerations: &Value, path: &str, errs: &mut Vec<StatusCause>) {
+    for (i, t) in items(tolerations).iter().enumerate() {
+        let tpath = index(path, i);
+        let key = str_of(&t["key"]);
+        if !key.is_empty() {
+            for msg in names::qualified_name_errors(key) {
+                errs.push(StatusCause::invalid(child(&tpath, "key"), &t["key"], msg));
+            }
+        }
+        let operator = str_of(&t["operator"]);
+        if key.is_empty() && operator != "Exists" {
+            errs.push(StatusCause::invalid(
+                child(&tpath, "operator"),
+                &json!(operator),
+                "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            ));
+        }
+        match operator {
+            "" | "Equal" => {
+                let value = str_of(&t["value"]);
+                for msg in names::label_value_errors(value) {
+                    errs.push(StatusCause::invalid(
+                        child(&tpath, "value"),
+                        &t["value"],
+                        msg,
+                    ));
+                }
+            }
+            "Exists" => {
+                if !str_of(&t["value"]).is_empty() {
+                    errs.push(StatusCause::invalid(
+                        child(&tpath, "operator"),
+                        &t["value"],
+                        "value must be empty when `operator` is 'Exists'",
+                    ));
+                }
+            }
+            _ => errs.push(StatusCause::not_supported(
+                child(&tpath, "operator"),
+                &t["operator"],
+                &["Equal", "Exists"],
+            )),
+        }
+        let effect = str_of(&t["effect"]);
+        if !t["tolerationSeconds"].is_null() && effect != "NoExecute" {
+            errs.push(StatusCause::invalid(
+                child(&tpath, "effect"),
+                &json!(effect),
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            ));
+        }
+        if !effect.is_empty() && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect)
+        {
+            errs.push(StatusCause::not_supported(
+                child(&tpath, "effect"),
+                &t["effect"],
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            ));
+        }
+    }
 }
 
 /// Checks `volumes` and returns their names (for volumeMount references).
@@ -215,12 +289,12 @@ fn validate_container(
         }
     }
 
-    // Templates may leave the image to be filled in later; pods may not.
     let image = str_of(&c["image"]);
-    if owner == SpecOwner::Pod {
-        if image.is_empty() {
-            errs.push(StatusCause::required(child(path, "image")));
-        } else if image.trim() != image {
+    if image.is_empty() {
+        errs.push(StatusCause::required(child(path, "image")));
+    } else if owner == SpecOwner::Pod {
+        // Templates keep tolerating padded images (some tools use " " as a placeholder).
+        if image.trim() != image {
             errs.push(StatusCause::invalid(
                 child(path, "image"),
                 &c["image"],
@@ -325,21 +399,19 @@ fn validate_container(
         }
     }
 
-    if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str) {
-        if !PULL_POLICIES.contains(&policy) {
+    // Both are defaulted before validation, so empty means a client cleared them.
+    for (field, supported) in [
+        ("terminationMessagePolicy", TERMINATION_MESSAGE_POLICIES),
+        ("imagePullPolicy", PULL_POLICIES),
+    ] {
+        let value = str_of(&c[field]);
+        if value.is_empty() {
+            errs.push(StatusCause::required(child(path, field)));
+        } else if !supported.contains(&value) {
             errs.push(StatusCause::not_supported(
-                child(path, "imagePullPolicy"),
-                &c["imagePullPolicy"],
-                PULL_POLICIES,
-            ));
-        }
-    }
-    if let Some(policy) = c.get("terminationMessagePolicy").and_then(Value::as_str) {
-        if !TERMINATION_MESSAGE_POLICIES.contains(&policy) {
-            errs.push(StatusCause::not_supported(
-                child(path, "terminationMessagePolicy"),
-                &c["terminationMessagePolicy"],
-                TERMINATION_MESSAGE_POLICIES,
+                child(path, field),
+                &c[field],
+                supported,
             ));
         }
     }

@@ -10,6 +10,13 @@ fn info(kind: &str) -> &'static ResourceInfo {
         .unwrap()
 }
 
+/// What the server does on create: default, then validate.
+fn create(kind: &str, obj: &Value) -> Vec<StatusCause> {
+    let mut obj = obj.clone();
+    crate::defaults::apply_kind_defaults(kind, &mut obj);
+    validate_create(info(kind), &obj)
+}
+
 fn messages(errs: &[StatusCause]) -> Vec<String> {
     errs.iter().map(StatusCause::describe).collect()
 }
@@ -261,17 +268,17 @@ fn job_restart_policy_and_counts() {
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}
         }
     });
-    let got = messages(&validate_create(info("Job"), &job));
+    let got = messages(&create("Job", &job));
     assert!(got.contains(&"spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"".to_string()), "{got:?}");
     assert!(got.contains(
         &"spec.parallelism: Invalid value: -1: must be greater than or equal to 0".to_string()
     ));
     job["spec"]["parallelism"] = json!(1);
     job["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
-    let got = messages(&validate_create(info("Job"), &job));
+    let got = messages(&create("Job", &job));
     assert_eq!(got, vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]);
     job["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
-    assert!(validate_create(info("Job"), &job).is_empty());
+    assert!(create("Job", &job).is_empty());
 }
 
 fn service() -> Value {
@@ -399,11 +406,144 @@ fn statefulset_and_daemonset() {
         "updateStrategy".into(),
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 0}}),
     );
-    assert!(has(&validate_create(info("DaemonSet"), &ds), "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"));
+    assert_eq!(
+        messages(&validate_create(info("DaemonSet"), &ds)),
+        vec!["spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"]
+    );
+    ds["spec"]["updateStrategy"]["rollingUpdate"] = json!({"maxUnavailable": 1, "maxSurge": "10%"});
+    ds["spec"]["template"]["spec"]["activeDeadlineSeconds"] = json!(5);
+    assert_eq!(
+        messages(&validate_create(info("DaemonSet"), &ds)),
+        vec![
+            "spec.template.spec.activeDeadlineSeconds: Forbidden: activeDeadlineSeconds in DaemonSet is not Supported",
+            "spec.updateStrategy.rollingUpdate.maxSurge: Invalid value: 10%: may not be set when maxUnavailable is non-zero",
+        ]
+    );
 }
 
 #[test]
 fn registry_kinds_without_rules_only_check_meta() {
     let lease = json!({"metadata": {"name": "l", "namespace": "kube-node-lease"}, "spec": {"holderIdentity": "n1"}});
     assert!(validate_create(find_kind("coordination.k8s.io", "Lease").unwrap(), &lease).is_empty());
+}
+
+#[test]
+fn defaulted_minimal_manifests_are_valid() {
+    let c = json!([{"name": "c", "image": "nginx"}]);
+    let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": c}});
+    let meta = json!({"name": "x", "namespace": "default"});
+    let cases = [
+        ("Pod", json!({"metadata": meta, "spec": {"containers": c}})),
+        (
+            "Deployment",
+            json!({"metadata": meta, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+        ),
+        (
+            "ReplicaSet",
+            json!({"metadata": meta, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+        ),
+        (
+            "DaemonSet",
+            json!({"metadata": meta, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+        ),
+        (
+            "StatefulSet",
+            json!({"metadata": meta, "spec": {"serviceName": "x", "selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+        ),
+        (
+            "Job",
+            json!({"metadata": {"name": "x", "namespace": "default", "uid": "u1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": c}}}}),
+        ),
+        (
+            "Service",
+            json!({"metadata": meta, "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}),
+        ),
+        (
+            "Service",
+            json!({"metadata": meta, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}}),
+        ),
+        ("ConfigMap", json!({"metadata": meta, "data": {"a": "b"}})),
+        (
+            "Secret",
+            json!({"metadata": meta, "stringData": {"a": "b"}}),
+        ),
+        ("Namespace", json!({"metadata": {"name": "x"}})),
+        (
+            "Node",
+            json!({"metadata": {"name": "node-1"}, "status": {"capacity": {"cpu": "2"}}}),
+        ),
+    ];
+    for (kind, obj) in cases {
+        let errs = create(kind, &obj);
+        assert!(errs.is_empty(), "{kind}: {:?}", messages(&errs));
+    }
+}
+
+#[test]
+fn template_images_are_required_but_padding_only_matters_for_pods() {
+    let mut d = deployment();
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(" nginx ");
+    assert!(validate_create(info("Deployment"), &d).is_empty());
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("");
+    assert_eq!(
+        messages(&validate_create(info("Deployment"), &d)),
+        vec!["spec.template.spec.containers[0].image: Required value"]
+    );
+    let mut p = pod();
+    p["spec"]["containers"][0]["image"] = json!(" nginx");
+    assert!(has(
+        &validate_create(info("Pod"), &p),
+        "must not have leading or trailing whitespace"
+    ));
+}
+
+#[test]
+fn deployment_progress_deadline_and_strategy() {
+    let mut d = deployment();
+    d["spec"]["progressDeadlineSeconds"] = json!(10);
+    d["spec"]["minReadySeconds"] = json!(10);
+    assert!(has(
+        &validate_create(info("Deployment"), &d),
+        "spec.progressDeadlineSeconds: Invalid value: 10: must be greater than minReadySeconds"
+    ));
+    let mut r = deployment();
+    r["spec"]["strategy"] = json!({"type": "Recreate", "rollingUpdate": {"maxSurge": 1}});
+    assert_eq!(
+        messages(&validate_create(info("Deployment"), &r)),
+        vec!["spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'"]
+    );
+    let mut pct = deployment();
+    pct["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = json!("120%");
+    assert!(has(
+        &validate_create(info("Deployment"), &pct),
+        "maxUnavailable: Invalid value: 120%: must not be greater than 100%"
+    ));
+}
+
+#[test]
+fn tolerations_and_container_restart_policies() {
+    let mut p = pod();
+    p["spec"]["tolerations"] = json!([
+        {"operator": "Exists"},
+        {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"},
+        {"operator": "Equal", "value": "v"},
+        {"key": "k", "operator": "Exists", "value": "v"},
+        {"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5},
+        {"key": "k", "operator": "Exists", "effect": "Sometimes"}
+    ]);
+    p["spec"]["initContainers"] = json!([{"name": "side", "image": "x", "imagePullPolicy": "Always",
+        "terminationMessagePolicy": "File", "restartPolicy": "OnFailure"}]);
+    p["spec"]["containers"][0]["restartPolicy"] = json!("Always");
+    assert_eq!(
+        messages(&validate_create(info("Pod"), &p)),
+        vec![
+            "spec.initContainers[0].restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Always\"",
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+            "spec.tolerations[2].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            "spec.tolerations[3].operator: Invalid value: \"v\": value must be empty when `operator` is 'Exists'",
+            "spec.tolerations[4].effect: Invalid value: \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set",
+            "spec.tolerations[5].effect: Unsupported value: \"Sometimes\": supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\"",
+        ]
+    );
 }

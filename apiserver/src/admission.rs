@@ -27,14 +27,19 @@ pub struct Ipv4Range {
 impl std::str::FromStr for Ipv4Range {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, bits) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+        let (ip, bits) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let bits: u32 = bits.parse().map_err(|e| format!("{s:?}: {e}"))?;
         if !(8..=30).contains(&bits) {
             return Err(format!("{s:?}: prefix length must be between 8 and 30"));
         }
         let size = 1u32 << (32 - bits);
-        Ok(Ipv4Range { base: u32::from(ip) & !(size - 1), size })
+        Ok(Ipv4Range {
+            base: u32::from(ip) & !(size - 1),
+            size,
+        })
     }
 }
 
@@ -54,7 +59,11 @@ pub struct ServiceAllocator {
 
 impl ServiceAllocator {
     pub fn new(range: Ipv4Range) -> Self {
-        ServiceAllocator { range, recent_ips: Mutex::new(HashMap::new()), recent_ports: Mutex::new(HashMap::new()) }
+        ServiceAllocator {
+            range,
+            recent_ips: Mutex::new(HashMap::new()),
+            recent_ports: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -62,7 +71,11 @@ fn services_resource() -> Option<&'static ResourceInfo> {
     registry::find("", "v1", "services")
 }
 
-pub fn on_create(state: &ApiState, resource: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+pub fn on_create(
+    state: &ApiState,
+    resource: &ResourceInfo,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     if resource.kind == "Service" {
         allocate_service(state, resource, obj)?;
     }
@@ -84,14 +97,28 @@ pub fn on_update(resource: &ResourceInfo, old: &Value, new: &mut Value) -> Resul
             }
         } else if !old_v.is_null() && new_v != old_v {
             let name = old["metadata"]["name"].as_str().unwrap_or("");
-            return Err(ApiError::invalid(resource, name, vec![StatusCause::invalid(format!("spec.{field}"), new_v, "field is immutable")]));
+            return Err(ApiError::invalid(
+                resource,
+                name,
+                vec![StatusCause::invalid(
+                    format!("spec.{field}"),
+                    new_v,
+                    "field is immutable",
+                )],
+            ));
         }
     }
     // Node ports the update leaves out stay as they were.
-    if let (Some(old_ports), Some(new_ports)) = (old["spec"]["ports"].as_array(), new["spec"]["ports"].as_array_mut()) {
+    if let (Some(old_ports), Some(new_ports)) = (
+        old["spec"]["ports"].as_array(),
+        new["spec"]["ports"].as_array_mut(),
+    ) {
         for p in new_ports.iter_mut() {
             if p["nodePort"].is_null() {
-                if let Some(o) = old_ports.iter().find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"]) {
+                if let Some(o) = old_ports
+                    .iter()
+                    .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                {
                     if !o["nodePort"].is_null() {
                         p["nodePort"] = o["nodePort"].clone();
                     }
@@ -102,10 +129,19 @@ pub fn on_update(resource: &ResourceInfo, old: &Value, new: &mut Value) -> Resul
     Ok(())
 }
 
-fn allocate_service(state: &ApiState, resource: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+fn allocate_service(
+    state: &ApiState,
+    resource: &ResourceInfo,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let svc_type = obj["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
-    let existing = services_resource().map(|r| state.cache.all(r)).unwrap_or_default();
+    let svc_type = obj["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let existing = services_resource()
+        .map(|r| state.cache.all(r))
+        .unwrap_or_default();
     let existing: Vec<Value> = existing.iter().filter_map(|o| o.value().ok()).collect();
     if svc_type != "ExternalName" {
         let requested = obj["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
@@ -114,12 +150,19 @@ fn allocate_service(state: &ApiState, resource: &ResourceInfo, obj: &mut Value) 
             let mut recent = alloc.recent_ips.lock();
             recent.retain(|_, at| at.elapsed() < RECENT);
             let mut used: std::collections::HashSet<u32> = recent.keys().copied().collect();
-            used.extend(existing.iter().filter_map(|s| s["spec"]["clusterIP"].as_str()).filter_map(|ip| alloc.range.offset_of(ip)));
+            used.extend(
+                existing
+                    .iter()
+                    .filter_map(|s| s["spec"]["clusterIP"].as_str())
+                    .filter_map(|ip| alloc.range.offset_of(ip)),
+            );
             let offset = if requested.is_empty() {
                 // Offset 0 is the network address and 1 is upstream's `kubernetes` Service.
                 let usable = alloc.range.size.saturating_sub(3);
                 if (used.len() as u32) >= usable {
-                    return Err(ApiError::internal("failed to allocate a serviceIP: range is full"));
+                    return Err(ApiError::internal(
+                        "failed to allocate a serviceIP: range is full",
+                    ));
                 }
                 let mut rng = rand::thread_rng();
                 loop {
@@ -130,18 +173,26 @@ fn allocate_service(state: &ApiState, resource: &ResourceInfo, obj: &mut Value) 
                 }
             } else {
                 let Some(offset) = alloc.range.offset_of(&requested) else {
-                    return Err(ApiError::invalid(resource, &name, vec![StatusCause::invalid(
-                        "spec.clusterIPs",
-                        &json!([requested]),
-                        "failed to allocate IP: the provided IP is not in the valid range",
-                    )]));
+                    return Err(ApiError::invalid(
+                        resource,
+                        &name,
+                        vec![StatusCause::invalid(
+                            "spec.clusterIPs",
+                            &json!([requested]),
+                            "failed to allocate IP: the provided IP is not in the valid range",
+                        )],
+                    ));
                 };
                 if used.contains(&offset) {
-                    return Err(ApiError::invalid(resource, &name, vec![StatusCause::invalid(
-                        "spec.clusterIPs",
-                        &json!([requested]),
-                        "failed to allocate IP: provided IP is already allocated",
-                    )]));
+                    return Err(ApiError::invalid(
+                        resource,
+                        &name,
+                        vec![StatusCause::invalid(
+                            "spec.clusterIPs",
+                            &json!([requested]),
+                            "failed to allocate IP: provided IP is already allocated",
+                        )],
+                    ));
                 }
                 offset
             };
@@ -160,7 +211,13 @@ fn allocate_service(state: &ApiState, resource: &ResourceInfo, obj: &mut Value) 
     Ok(())
 }
 
-fn allocate_node_ports(state: &ApiState, resource: &ResourceInfo, name: &str, obj: &mut Value, existing: &[Value]) -> Result<(), ApiError> {
+fn allocate_node_ports(
+    state: &ApiState,
+    resource: &ResourceInfo,
+    name: &str,
+    obj: &mut Value,
+    existing: &[Value],
+) -> Result<(), ApiError> {
     let mut recent = state.services.recent_ports.lock();
     recent.retain(|_, at| at.elapsed() < RECENT);
     let mut used: std::collections::HashSet<u16> = recent.keys().copied().collect();
@@ -171,24 +228,32 @@ fn allocate_node_ports(state: &ApiState, resource: &ResourceInfo, name: &str, ob
             }
         }
     }
-    let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(()) };
+    let Some(ports) = obj["spec"]["ports"].as_array_mut() else {
+        return Ok(());
+    };
     let (lo, hi) = NODE_PORT_RANGE;
     for (i, p) in ports.iter_mut().enumerate() {
         let port = match p["nodePort"].as_u64() {
             Some(n) => {
                 let n = n as u16;
                 if used.contains(&n) {
-                    return Err(ApiError::invalid(resource, name, vec![StatusCause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        &json!(n),
-                        "provided port is already allocated",
-                    )]));
+                    return Err(ApiError::invalid(
+                        resource,
+                        name,
+                        vec![StatusCause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &json!(n),
+                            "provided port is already allocated",
+                        )],
+                    ));
                 }
                 n
             }
             None => {
                 if used.len() >= usize::from(hi - lo + 1) {
-                    return Err(ApiError::internal("failed to allocate a nodePort: range is full"));
+                    return Err(ApiError::internal(
+                        "failed to allocate a nodePort: range is full",
+                    ));
                 }
                 let mut rng = rand::thread_rng();
                 loop {

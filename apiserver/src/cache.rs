@@ -155,10 +155,16 @@ pub enum WatchItem {
 pub enum CacheError {
     /// The requested revision is older than the history kept.
     #[error("too old resource version: {requested} ({oldest})")]
-    TooOld { requested: Revision, oldest: Revision },
+    TooOld {
+        requested: Revision,
+        oldest: Revision,
+    },
     /// The cache did not reach the requested revision in time.
     #[error("Too large resource version: {requested}, current: {current}")]
-    TooNew { requested: Revision, current: Revision },
+    TooNew {
+        requested: Revision,
+        current: Revision,
+    },
     /// The cache has not finished its initial list.
     #[error("the watch cache is not ready yet")]
     NotReady,
@@ -238,7 +244,11 @@ impl WatchCache {
     }
 
     /// Waits until the cache has applied `revision` (or is at least ready, for `None`).
-    pub async fn wait_for(&self, revision: Option<Revision>, timeout: Duration) -> Result<Revision, CacheError> {
+    pub async fn wait_for(
+        &self,
+        revision: Option<Revision>,
+        timeout: Duration,
+    ) -> Result<Revision, CacheError> {
         let mut rx = self.revision_tx.subscribe();
         let want = revision.unwrap_or(0);
         let waited = tokio::time::timeout(timeout, async {
@@ -263,7 +273,10 @@ impl WatchCache {
                 if !st.ready {
                     Err(CacheError::NotReady)
                 } else {
-                    Err(CacheError::TooNew { requested: want, current: st.revision })
+                    Err(CacheError::TooNew {
+                        requested: want,
+                        current: st.revision,
+                    })
                 }
             }
         }
@@ -301,7 +314,12 @@ impl WatchCache {
 
     /// Looks up one object by storage key.
     pub fn get(&self, resource: &ResourceInfo, key: &str) -> Option<Arc<CachedObject>> {
-        self.state.read().objects.get(resource.plural)?.get(key).cloned()
+        self.state
+            .read()
+            .objects
+            .get(resource.plural)?
+            .get(key)
+            .cloned()
     }
 
     /// Every object of `resource` (for allocators and admission checks).
@@ -333,10 +351,16 @@ impl WatchCache {
                 .collect(),
             Some(rv) => {
                 if rv < st.history_floor {
-                    return Err(CacheError::TooOld { requested: rv, oldest: st.history_floor });
+                    return Err(CacheError::TooOld {
+                        requested: rv,
+                        oldest: st.history_floor,
+                    });
                 }
                 if rv > st.revision {
-                    return Err(CacheError::TooNew { requested: rv, current: st.revision });
+                    return Err(CacheError::TooNew {
+                        requested: rv,
+                        current: st.revision,
+                    });
                 }
                 // History is ordered; skip to the first event after rv.
                 let start = st.history.partition_point(|e| e.revision <= rv);
@@ -378,7 +402,9 @@ impl WatchCache {
                                 backoff = Duration::from_millis(100);
                             }
                             Err(StoreError::Compacted { .. }) => {
-                                tracing::warn!("watch cache: history compacted under us; relisting");
+                                tracing::warn!(
+                                    "watch cache: history compacted under us; relisting"
+                                );
                                 self.state.write().ready = false;
                                 break;
                             }
@@ -403,16 +429,24 @@ impl WatchCache {
     }
 
     fn reset(&self, kvs: Vec<rkube_store::KeyValue>, revision: Revision) {
-        let mut objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>> = HashMap::new();
+        let mut objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>> =
+            HashMap::new();
         for kv in kvs {
-            let Some(resource) = resource_of_key(&kv.key) else { continue };
-            match objects::decode_stored(&kv.value, kv.mod_revision)
-                .and_then(|v| CachedObject::from_value(resource, kv.key.clone(), &v, kv.mod_revision))
-            {
+            let Some(resource) = resource_of_key(&kv.key) else {
+                continue;
+            };
+            match objects::decode_stored(&kv.value, kv.mod_revision).and_then(|v| {
+                CachedObject::from_value(resource, kv.key.clone(), &v, kv.mod_revision)
+            }) {
                 Ok(obj) => {
-                    objects.entry(resource.plural).or_default().insert(kv.key, Arc::new(obj));
+                    objects
+                        .entry(resource.plural)
+                        .or_default()
+                        .insert(kv.key, Arc::new(obj));
                 }
-                Err(e) => tracing::error!(key = %kv.key, error = %e, "watch cache: undecodable object skipped"),
+                Err(e) => {
+                    tracing::error!(key = %kv.key, error = %e, "watch cache: undecodable object skipped")
+                }
             }
         }
         let mut st = self.state.write();
@@ -460,8 +494,9 @@ impl WatchCache {
         let map = st.objects.entry(resource.plural).or_default();
         match ev.kind {
             EventKind::Put => {
-                let decoded = objects::decode_stored(&ev.kv.value, revision)
-                    .and_then(|v| CachedObject::from_value(resource, ev.kv.key.clone(), &v, revision));
+                let decoded = objects::decode_stored(&ev.kv.value, revision).and_then(|v| {
+                    CachedObject::from_value(resource, ev.kv.key.clone(), &v, revision)
+                });
                 let obj = match decoded {
                     Ok(o) => Arc::new(o),
                     Err(e) => {
@@ -470,7 +505,13 @@ impl WatchCache {
                     }
                 };
                 let prev = map.insert(ev.kv.key, obj.clone());
-                Some(CacheEvent { revision, resource, object: obj, prev, deleted: false })
+                Some(CacheEvent {
+                    revision,
+                    resource,
+                    object: obj,
+                    prev,
+                    deleted: false,
+                })
             }
             EventKind::Delete => {
                 let prev = map.remove(&ev.kv.key)?;
@@ -478,7 +519,13 @@ impl WatchCache {
                 let mut last = prev.value().ok()?;
                 objects::set_resource_version(&mut last, revision);
                 let object = CachedObject::from_value(resource, ev.kv.key, &last, revision).ok()?;
-                Some(CacheEvent { revision, resource, object: Arc::new(object), prev: Some(prev), deleted: true })
+                Some(CacheEvent {
+                    revision,
+                    resource,
+                    object: Arc::new(object),
+                    prev: Some(prev),
+                    deleted: true,
+                })
             }
         }
     }

@@ -53,7 +53,10 @@ fn group_json(group: &str, version: &str) -> Value {
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = groups().into_iter().map(|(g, v)| group_json(g, v)).collect();
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .map(|(g, v)| group_json(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -109,7 +112,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .filter(|r| r.group == group && r.version == version)
         .flat_map(resource_entries)
         .collect();
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -154,8 +161,15 @@ pub fn openapi_index() -> Value {
 /// served (so kubectl does not try schema-driven client-side patches).
 pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
-    for r in registry::REGISTRY.iter().filter(|r| r.group == group && r.version == version) {
-        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    for r in registry::REGISTRY
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         let item_path = if r.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
@@ -213,12 +227,27 @@ mod tests {
     #[test]
     fn every_served_group_is_in_the_list_and_the_openapi_index() {
         let list = api_group_list();
-        let names: Vec<&str> = list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-        for g in ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io", "policy", "autoscaling"] {
+        let names: Vec<&str> = list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        for g in [
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "discovery.k8s.io",
+            "policy",
+            "autoscaling",
+        ] {
             assert!(names.contains(&g), "{g}");
         }
         let index = openapi_index();
-        assert!(index["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+        assert!(index["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap()
+            .starts_with("/openapi/v3/api/v1?hash="));
         assert!(index["paths"].get("apis/apps/v1").is_some());
         assert!(resource_list("apps", "v9").is_none());
     }

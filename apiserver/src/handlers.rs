@@ -43,7 +43,9 @@ pub struct Request {
 
 impl Request {
     fn key(&self) -> String {
-        self.target.resource.key(self.target.namespace.as_deref(), self.name())
+        self.target
+            .resource
+            .key(self.target.namespace.as_deref(), self.name())
     }
 
     fn name(&self) -> &str {
@@ -67,27 +69,45 @@ pub async fn dispatch(state: Arc<ApiState>, req: Request) -> ApiResult<Response>
         ))
         .into());
     }
-    match (&req.method, req.target.name.is_some(), req.target.subresource) {
+    match (
+        &req.method,
+        req.target.name.is_some(),
+        req.target.subresource,
+    ) {
         (&Method::GET, false, None) if req.params.is_watch() => watch(state, req).await,
         (&Method::GET, false, None) => list(state, req).await,
-        (&Method::GET, true, None) | (&Method::GET, true, Some(Subresource::Status)) => get(state, req).await,
+        (&Method::GET, true, None) | (&Method::GET, true, Some(Subresource::Status)) => {
+            get(state, req).await
+        }
         (&Method::POST, false, None) => create(state, req).await,
         (&Method::PUT, true, None) => update(state, req, UpdateScope::Main).await,
-        (&Method::PUT, true, Some(Subresource::Status)) => update(state, req, UpdateScope::Status).await,
+        (&Method::PUT, true, Some(Subresource::Status)) => {
+            update(state, req, UpdateScope::Status).await
+        }
         (&Method::PATCH, true, None) => patch(state, req, UpdateScope::Main).await,
-        (&Method::PATCH, true, Some(Subresource::Status)) => patch(state, req, UpdateScope::Status).await,
+        (&Method::PATCH, true, Some(Subresource::Status)) => {
+            patch(state, req, UpdateScope::Status).await
+        }
         (&Method::DELETE, true, None) => delete(state, req).await,
         (&Method::DELETE, false, None) => delete_collection(state, req).await,
         (&Method::GET, true, Some(Subresource::Scale)) => scale_get(state, req).await,
-        (&Method::PUT, true, Some(Subresource::Scale)) | (&Method::PATCH, true, Some(Subresource::Scale)) => {
-            scale_write(state, req).await
-        }
+        (&Method::PUT, true, Some(Subresource::Scale))
+        | (&Method::PATCH, true, Some(Subresource::Scale)) => scale_write(state, req).await,
         (&Method::POST, true, Some(Subresource::Binding)) => bind(state, req).await,
         (&Method::POST, true, Some(Subresource::Eviction)) => evict(state, req).await,
-        (&Method::PUT, true, Some(Subresource::Finalize)) => update(state, req, UpdateScope::Internal).await,
-        (_, true, Some(sub @ (Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward))) => {
-            crate::proxy::to_kubelet(state, req, sub).await
+        (&Method::PUT, true, Some(Subresource::Finalize)) => {
+            update(state, req, UpdateScope::Internal).await
         }
+        (
+            _,
+            true,
+            Some(
+                sub @ (Subresource::Log
+                | Subresource::Exec
+                | Subresource::Attach
+                | Subresource::PortForward),
+            ),
+        ) => crate::proxy::to_kubelet(state, req, sub).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({} {})",
             req.method,
@@ -118,20 +138,26 @@ fn filter_for(req: &Request) -> Result<Filter, ApiError> {
 
 fn cache_error(e: CacheError) -> ErrorResponse {
     match e {
-        CacheError::TooOld { requested, oldest } => ApiError::gone(format!(
-            "too old resource version: {requested} ({oldest})"
-        ))
-        .into(),
+        CacheError::TooOld { requested, oldest } => {
+            ApiError::gone(format!("too old resource version: {requested} ({oldest})")).into()
+        }
         CacheError::TooNew { requested, current } => ApiError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         ))
         .into(),
-        CacheError::NotReady => ApiError::service_unavailable("the API server is starting: watch cache not ready").into(),
+        CacheError::NotReady => {
+            ApiError::service_unavailable("the API server is starting: watch cache not ready")
+                .into()
+        }
     }
 }
 
 /// Decodes and filters a storage listing (used for exact-revision and paginated reads).
-fn decode_listing(resource: &'static ResourceInfo, kvs: Vec<KeyValue>, filter: &Filter) -> Vec<Arc<CachedObject>> {
+fn decode_listing(
+    resource: &'static ResourceInfo,
+    kvs: Vec<KeyValue>,
+    filter: &Filter,
+) -> Vec<Arc<CachedObject>> {
     kvs.into_iter()
         .filter_map(|kv| {
             let v = objects::decode_stored(&kv.value, kv.mod_revision).ok()?;
@@ -150,12 +176,15 @@ fn list_prefix(req: &Request) -> String {
 
 /// Continue tokens: `<revision>/<last key>`, hex-encoded so they survive any client.
 fn encode_continue(revision: i64, last_key: &str) -> String {
-    format!("{revision}/{last_key}").bytes().map(|b| format!("{b:02x}")).collect()
+    format!("{revision}/{last_key}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..token.len())
@@ -171,11 +200,20 @@ async fn list(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let filter = filter_for(&req)?;
     let resource = req.target.resource;
     let limit = req.params.limit()?;
-    let (items, revision, after_key) = if let Some(token) = req.params.continue_token.as_deref().filter(|t| !t.is_empty()) {
+    let (items, revision, after_key) = if let Some(token) = req
+        .params
+        .continue_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    {
         // Later pages read storage at the first page's revision: a consistent snapshot, or
         // 410 once that revision is compacted, as upstream.
         let (rev, last_key) = decode_continue(token)?;
-        let listing = state.store.list(&list_prefix(&req), Some(rev)).await.map_err(store_error_any)?;
+        let listing = state
+            .store
+            .list(&list_prefix(&req), Some(rev))
+            .await
+            .map_err(store_error_any)?;
         let items = decode_listing(resource, listing.kvs, &filter);
         (items, rev, Some(last_key))
     } else {
@@ -183,22 +221,42 @@ async fn list(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
         let exact = req.params.resource_version_match.as_deref() == Some("Exact");
         match requested {
             Some(rv) if exact && rv > 0 => {
-                let listing = state.store.list(&list_prefix(&req), Some(rv)).await.map_err(store_error_any)?;
-                (decode_listing(resource, listing.kvs, &filter), listing.revision, None)
+                let listing = state
+                    .store
+                    .list(&list_prefix(&req), Some(rv))
+                    .await
+                    .map_err(store_error_any)?;
+                (
+                    decode_listing(resource, listing.kvs, &filter),
+                    listing.revision,
+                    None,
+                )
             }
             Some(0) => {
-                state.cache.wait_for(None, CACHE_WAIT).await.map_err(cache_error)?;
+                state
+                    .cache
+                    .wait_for(None, CACHE_WAIT)
+                    .await
+                    .map_err(cache_error)?;
                 let (items, rev) = state.cache.list(&filter).map_err(cache_error)?;
                 (items, rev, None)
             }
             Some(rv) => {
-                state.cache.wait_for(Some(rv), CACHE_WAIT).await.map_err(cache_error)?;
+                state
+                    .cache
+                    .wait_for(Some(rv), CACHE_WAIT)
+                    .await
+                    .map_err(cache_error)?;
                 let (items, rev) = state.cache.list(&filter).map_err(cache_error)?;
                 (items, rev, None)
             }
             None => {
                 // A consistent read: serve from the cache once it has caught up with storage.
-                let current = state.store.current_revision().await.map_err(store_error_any)?;
+                let current = state
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(store_error_any)?;
                 match state.cache.wait_for(Some(current), CACHE_WAIT).await {
                     Ok(_) => {
                         let (items, rev) = state.cache.list(&filter).map_err(cache_error)?;
@@ -206,15 +264,26 @@ async fn list(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "watch cache behind storage; listing from storage");
-                        let listing = state.store.list(&list_prefix(&req), None).await.map_err(store_error_any)?;
-                        (decode_listing(resource, listing.kvs, &filter), listing.revision, None)
+                        let listing = state
+                            .store
+                            .list(&list_prefix(&req), None)
+                            .await
+                            .map_err(store_error_any)?;
+                        (
+                            decode_listing(resource, listing.kvs, &filter),
+                            listing.revision,
+                            None,
+                        )
                     }
                 }
             }
         }
     };
     let items: Vec<Arc<CachedObject>> = match &after_key {
-        Some(k) => items.into_iter().filter(|o| o.key.as_str() > k.as_str()).collect(),
+        Some(k) => items
+            .into_iter()
+            .filter(|o| o.key.as_str() > k.as_str())
+            .collect(),
         None => items,
     };
     let (page, continue_token, remaining) = match limit {
@@ -229,11 +298,23 @@ async fn list(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     match render::negotiate(&req.headers) {
         Format::Json => Ok(render::json_bytes(
             StatusCode::OK,
-            render::list_body(resource, &page, revision, continue_token.as_deref(), remaining),
+            render::list_body(
+                resource,
+                &page,
+                revision,
+                continue_token.as_deref(),
+                remaining,
+            ),
         )),
         Format::Table => {
             let values: Vec<Value> = page.iter().filter_map(|o| o.value().ok()).collect();
-            let t = render::table(resource, &values, Some(revision), continue_token.as_deref(), req.params.include_object.as_deref());
+            let t = render::table(
+                resource,
+                &values,
+                Some(revision),
+                continue_token.as_deref(),
+                req.params.include_object.as_deref(),
+            );
             Ok(render::json_value(StatusCode::OK, &t))
         }
     }
@@ -255,8 +336,19 @@ async fn read_current(state: &ApiState, req: &Request) -> ApiResult<(KeyValue, V
 fn respond_object(req: &Request, status: StatusCode, obj: &Value) -> Response {
     match render::negotiate(&req.headers) {
         Format::Table => {
-            let rv = obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok());
-            render::json_value(status, &render::table(req.target.resource, std::slice::from_ref(obj), rv, None, req.params.include_object.as_deref()))
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok());
+            render::json_value(
+                status,
+                &render::table(
+                    req.target.resource,
+                    std::slice::from_ref(obj),
+                    rv,
+                    None,
+                    req.params.include_object.as_deref(),
+                ),
+            )
         }
         Format::Json => render::json_value(status, obj),
     }
@@ -290,7 +382,10 @@ async fn watch(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
         Err(e @ (CacheError::TooOld { .. } | CacheError::TooNew { .. })) => {
             // Clients (kube-rs in particular) relist only on the event form of 410.
             let status = cache_error(e).0.to_status();
-            return Ok(render::json_bytes(StatusCode::OK, render::error_event(&status)));
+            return Ok(render::json_bytes(
+                StatusCode::OK,
+                render::error_event(&status),
+            ));
         }
         Err(e) => return Err(cache_error(e)),
     };
@@ -314,15 +409,35 @@ async fn watch(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
                 }
             }
         }
-        if send_initial_events && allow_bookmarks {
-            if tx.send(Ok(render::bookmark(resource, start_revision, true))).await.is_err() {
-                return;
-            }
+        if send_initial_events
+            && allow_bookmarks
+            && tx
+                .send(Ok(render::bookmark(resource, start_revision, true)))
+                .await
+                .is_err()
+        {
+            return;
         }
-        stream_live(rx, tx, &filter, encode, timeout, shutdown, allow_bookmarks, &cache, resource, &mut last_sent).await;
+        stream_live(
+            rx,
+            tx,
+            &filter,
+            encode,
+            timeout,
+            shutdown,
+            allow_bookmarks,
+            &cache,
+            resource,
+            &mut last_sent,
+        )
+        .await;
     });
-    let mut resp = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(chunks)).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let mut resp =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(chunks)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -344,7 +459,10 @@ async fn stream_live(
 ) {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut bookmarks = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+    let mut bookmarks = tokio::time::interval_at(
+        tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+        BOOKMARK_INTERVAL,
+    );
     loop {
         tokio::select! {
             _ = &mut deadline => return,
@@ -408,20 +526,33 @@ pub fn decode_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
         }
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok(value)
 }
 
 /// Namespaced writes need a live namespace.
 async fn check_namespace(state: &ApiState, namespace: &str) -> ApiResult<()> {
-    let ns_resource = registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces not registered"))?;
+    let ns_resource = registry::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces not registered"))?;
     let key = ns_resource.key(None, namespace);
     let terminating = match state.cache.get(ns_resource, &key) {
-        Some(cached) => cached.value().map(|v| objects::is_terminating(&v)).unwrap_or(false),
+        Some(cached) => cached
+            .value()
+            .map(|v| objects::is_terminating(&v))
+            .unwrap_or(false),
         // Not in the cache yet (created a moment ago?): ask storage, which is authoritative.
-        None => match state.store.get(&key).await.map_err(|e| store_error(ns_resource, namespace, e))? {
-            Some(kv) => serde_json::from_slice::<Value>(&kv.value).map(|v| objects::is_terminating(&v)).unwrap_or(false),
+        None => match state
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(ns_resource, namespace, e))?
+        {
+            Some(kv) => serde_json::from_slice::<Value>(&kv.value)
+                .map(|v| objects::is_terminating(&v))
+                .unwrap_or(false),
             None => return Err(ApiError::not_found(ns_resource, namespace).into()),
         },
     };
@@ -442,7 +573,11 @@ async fn create(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
 
 async fn create_object(state: &ApiState, req: &Request, mut obj: Value) -> ApiResult<Value> {
     let resource = req.target.resource;
-    let namespace = req.target.namespace.as_deref().filter(|_| resource.namespaced);
+    let namespace = req
+        .target
+        .namespace
+        .as_deref()
+        .filter(|_| resource.namespaced);
     objects::check_schema(resource, &mut obj, req.params.strict_fields())?;
     objects::prepare_create(resource, namespace, &mut obj)?;
     if let Some(ns) = namespace {
@@ -469,11 +604,18 @@ fn ready_for_removal(resource: &ResourceInfo, obj: &Value) -> bool {
     if !objects::is_terminating(obj) || objects::has_finalizers(obj) {
         return false;
     }
-    if resource.kind == "Namespace" && obj["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+    if resource.kind == "Namespace"
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    {
         return false;
     }
     // A pod in graceful termination stays until its kubelet deletes it with grace 0.
-    obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+    obj["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(0)
+        == 0
 }
 
 /// Read-modify-write with compare-and-swap, retried on conflicts unless the client pinned
@@ -496,7 +638,8 @@ async fn write_loop(
             }
         }
         let mut new = mutate(&old)?;
-        if let Some(body_rv) = parse_resource_version(new["metadata"]["resourceVersion"].as_str())? {
+        if let Some(body_rv) = parse_resource_version(new["metadata"]["resourceVersion"].as_str())?
+        {
             if body_rv != kv.mod_revision {
                 return Err(ApiError::conflict(resource, &name).into());
             }
@@ -518,7 +661,11 @@ async fn write_loop(
             }
         }
         let bytes = objects::encode_for_storage(&new)?;
-        match state.store.update(&key, Bytes::from(bytes), kv.mod_revision).await {
+        match state
+            .store
+            .update(&key, Bytes::from(bytes), kv.mod_revision)
+            .await
+        {
             Ok(stored) => {
                 objects::set_resource_version(&mut new, stored.mod_revision);
                 return Ok(new);
@@ -572,21 +719,31 @@ async fn patch(state: Arc<ApiState>, req: Request, scope: UpdateScope) -> ApiRes
     let ptype = patch_type(&req)?;
     if ptype == PatchType::Apply && scope == UpdateScope::Main {
         // Server-side apply of an object that does not exist yet creates it.
-        let exists = state.store.get(&req.key()).await.map_err(|e| store_error(resource, req.name(), e))?.is_some();
+        let exists = state
+            .store
+            .get(&req.key())
+            .await
+            .map_err(|e| store_error(resource, req.name(), e))?
+            .is_some();
         if !exists {
-            let mut obj = rkube_patch::apply_patch(ptype, &Value::Null, &req.body, resource.kind).map_err(patch_error)?;
+            let mut obj = rkube_patch::apply_patch(ptype, &Value::Null, &req.body, resource.kind)
+                .map_err(patch_error)?;
             if objects::name_of(&obj).is_none() {
                 objects::meta_mut(&mut obj).insert("name".into(), json!(req.name()));
             }
             if objects::name_of(&obj) != Some(req.name()) {
-                return Err(ApiError::bad_request("the name of the object does not match the name on the URL").into());
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                )
+                .into());
             }
             let created = create_object(&state, &req, obj).await?;
             return Ok(respond_object(&req, StatusCode::CREATED, &created));
         }
     }
     let updated = write_loop(&state, &req, None, |old| {
-        let mut new = rkube_patch::apply_patch(ptype, old, &req.body, resource.kind).map_err(patch_error)?;
+        let mut new =
+            rkube_patch::apply_patch(ptype, old, &req.body, resource.kind).map_err(patch_error)?;
         objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         objects::prepare_update(resource, old, &mut new, scope)?;
         crate::admission::on_update(resource, old, &mut new)?;
@@ -632,15 +789,22 @@ fn delete_options(req: &Request, body: Option<&Value>) -> Result<DeleteOptions, 
         }
     }
     let grace = match from_body("gracePeriodSeconds") {
-        Some(v) => Some(v.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?),
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        ),
         None => req.params.grace_period_seconds()?,
     };
     let preconditions = from_body("preconditions");
     Ok(DeleteOptions {
         propagation_policy: policy,
         grace_period_seconds: grace,
-        precondition_uid: preconditions.and_then(|p| p["uid"].as_str()).map(str::to_string),
-        precondition_resource_version: preconditions.and_then(|p| p["resourceVersion"].as_str()).map(str::to_string),
+        precondition_uid: preconditions
+            .and_then(|p| p["uid"].as_str())
+            .map(str::to_string),
+        precondition_resource_version: preconditions
+            .and_then(|p| p["resourceVersion"].as_str())
+            .map(str::to_string),
     })
 }
 
@@ -648,7 +812,10 @@ fn delete_options(req: &Request, body: Option<&Value>) -> Result<DeleteOptions, 
 /// have finished, as upstream.
 fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
     let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
-    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded") | Some("Failed")
+    );
     if unscheduled || finished {
         return 0;
     }
@@ -706,13 +873,20 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
                 }
             }
         }
-        let grace = if resource.kind == "Pod" { pod_grace_period(&old, opts.grace_period_seconds) } else { 0 };
+        let grace = if resource.kind == "Pod" {
+            pod_grace_period(&old, opts.grace_period_seconds)
+        } else {
+            0
+        };
         let already = objects::is_terminating(&old);
         let current_grace = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if !already || current_grace.is_some_and(|g| grace < g) {
             let meta = objects::meta_mut(&mut marked);
             let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
-            meta.insert("deletionTimestamp".into(), json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
             if resource.kind == "Pod" || !already {
                 meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             }
@@ -738,7 +912,11 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
             return Ok(old);
         }
         let bytes = objects::encode_for_storage(&marked)?;
-        match state.store.update(&key, Bytes::from(bytes), kv.mod_revision).await {
+        match state
+            .store
+            .update(&key, Bytes::from(bytes), kv.mod_revision)
+            .await
+        {
             Ok(stored) => {
                 objects::set_resource_version(&mut marked, stored.mod_revision);
                 return Ok(marked);
@@ -754,8 +932,16 @@ async fn delete_collection(state: Arc<ApiState>, req: Request) -> ApiResult<Resp
     let filter = filter_for(&req)?;
     let opts = delete_options(&req, None)?;
     let resource = req.target.resource;
-    let current = state.store.current_revision().await.map_err(store_error_any)?;
-    state.cache.wait_for(Some(current), CACHE_WAIT).await.map_err(cache_error)?;
+    let current = state
+        .store
+        .current_revision()
+        .await
+        .map_err(store_error_any)?;
+    state
+        .cache
+        .wait_for(Some(current), CACHE_WAIT)
+        .await
+        .map_err(cache_error)?;
     let (items, revision) = state.cache.list(&filter).map_err(cache_error)?;
     let mut deleted = Vec::with_capacity(items.len());
     for item in items {
@@ -767,7 +953,10 @@ async fn delete_collection(state: Arc<ApiState>, req: Request) -> ApiResult<Resp
                 name: Some(item.name.clone()),
                 subresource: None,
             },
-            params: Params { dry_run: req.params.dry_run.clone(), ..Params::default() },
+            params: Params {
+                dry_run: req.params.dry_run.clone(),
+                ..Params::default()
+            },
             headers: HeaderMap::new(),
             body: Bytes::new(),
         };
@@ -793,12 +982,19 @@ async fn delete_collection(state: Arc<ApiState>, req: Request) -> ApiResult<Resp
 fn selector_string(selector: &Value) -> String {
     let mut parts: Vec<String> = selector["matchLabels"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(exprs) = selector["matchExpressions"].as_array() {
         for e in exprs {
             let key = e["key"].as_str().unwrap_or("");
-            let values: Vec<&str> = e["values"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             match e["operator"].as_str() {
                 Some("In") => parts.push(format!("{key} in ({})", values.join(","))),
                 Some("NotIn") => parts.push(format!("{key} notin ({})", values.join(","))),
@@ -839,8 +1035,16 @@ async fn scale_get(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
 async fn scale_write(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let resource = req.target.resource;
     let is_put = req.method == Method::PUT;
-    let ptype = if is_put { None } else { Some(patch_type(&req)?) };
-    let put_body = if is_put { Some(decode_body(&req.body, req.content_type())?) } else { None };
+    let ptype = if is_put {
+        None
+    } else {
+        Some(patch_type(&req)?)
+    };
+    let put_body = if is_put {
+        Some(decode_body(&req.body, req.content_type())?)
+    } else {
+        None
+    };
     let expected = match &put_body {
         Some(b) => parse_resource_version(b["metadata"]["resourceVersion"].as_str())?,
         None => None,
@@ -849,15 +1053,23 @@ async fn scale_write(state: Arc<ApiState>, req: Request) -> ApiResult<Response> 
         let current = scale_of(old);
         let desired = match (&put_body, ptype) {
             (Some(b), _) => b.clone(),
-            (None, Some(t)) => rkube_patch::apply_patch(t, &current, &req.body, "Scale").map_err(patch_error)?,
+            (None, Some(t)) => {
+                rkube_patch::apply_patch(t, &current, &req.body, "Scale").map_err(patch_error)?
+            }
             (None, None) => current.clone(),
         };
         let replicas = desired["spec"]["replicas"].as_i64().unwrap_or(0);
-        if replicas < 0 || !(desired["spec"]["replicas"].is_i64() || desired["spec"]["replicas"].is_null()) {
+        if replicas < 0
+            || !(desired["spec"]["replicas"].is_i64() || desired["spec"]["replicas"].is_null())
+        {
             return Err(ApiError::invalid(
                 resource,
                 req.name(),
-                vec![rkube_api::StatusCause::invalid("spec.replicas", &desired["spec"]["replicas"], "must be greater than or equal to 0")],
+                vec![rkube_api::StatusCause::invalid(
+                    "spec.replicas",
+                    &desired["spec"]["replicas"],
+                    "must be greater than or equal to 0",
+                )],
             ));
         }
         let mut new = old.clone();
@@ -874,7 +1086,12 @@ async fn bind(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let binding = decode_body(&req.body, req.content_type())?;
     let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid(resource, req.name(), vec![rkube_api::StatusCause::required("target.name")]).into());
+        return Err(ApiError::invalid(
+            resource,
+            req.name(),
+            vec![rkube_api::StatusCause::required("target.name")],
+        )
+        .into());
     }
     let name = req.name().to_string();
     write_loop(&state, &req, None, |old| {
@@ -900,14 +1117,20 @@ async fn bind(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
         Ok(new)
     })
     .await?;
-    Ok(render::json_value(StatusCode::CREATED, &rkube_api::status::success_status()))
+    Ok(render::json_value(
+        StatusCode::CREATED,
+        &rkube_api::status::success_status(),
+    ))
 }
 
 async fn evict(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let eviction = decode_body(&req.body, req.content_type())?;
     let opts = delete_options(&req, Some(&eviction["deleteOptions"]))?;
     delete_object(&state, &req, &opts).await?;
-    Ok(render::json_value(StatusCode::CREATED, &rkube_api::status::success_status()))
+    Ok(render::json_value(
+        StatusCode::CREATED,
+        &rkube_api::status::success_status(),
+    ))
 }
 
 #[cfg(test)]
@@ -917,7 +1140,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "/registry/pods/default/web-1");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/pods/default/web-1".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "/registry/pods/default/web-1".to_string())
+        );
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("abc").is_err());
         assert!(decode_continue("").is_err());
@@ -925,24 +1151,52 @@ mod tests {
 
     #[test]
     fn selector_strings_match_kubectl_form() {
-        let s = selector_string(&json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}));
+        let s = selector_string(
+            &json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}),
+        );
         assert_eq!(s, "app=web,tier in (a,b)");
     }
 
     #[test]
     fn pods_that_never_ran_are_deleted_at_once() {
         assert_eq!(pod_grace_period(&json!({"spec": {}}), Some(30)), 0);
-        assert_eq!(pod_grace_period(&json!({"spec": {"nodeName": "n", "terminationGracePeriodSeconds": 5}}), None), 5);
-        assert_eq!(pod_grace_period(&json!({"spec": {"nodeName": "n"}, "status": {"phase": "Failed"}}), Some(9)), 0);
-        assert_eq!(pod_grace_period(&json!({"spec": {"nodeName": "n"}}), Some(0)), 0);
+        assert_eq!(
+            pod_grace_period(
+                &json!({"spec": {"nodeName": "n", "terminationGracePeriodSeconds": 5}}),
+                None
+            ),
+            5
+        );
+        assert_eq!(
+            pod_grace_period(
+                &json!({"spec": {"nodeName": "n"}, "status": {"phase": "Failed"}}),
+                Some(9)
+            ),
+            0
+        );
+        assert_eq!(
+            pod_grace_period(&json!({"spec": {"nodeName": "n"}}), Some(0)),
+            0
+        );
     }
 
     #[test]
     fn bodies_must_be_objects_and_media_types_known() {
-        assert_eq!(decode_body(b"[1]", "application/json").unwrap_err().code, 400);
+        assert_eq!(
+            decode_body(b"[1]", "application/json").unwrap_err().code,
+            400
+        );
         assert_eq!(decode_body(b"{", "application/json").unwrap_err().code, 400);
-        assert_eq!(decode_body(b"{}", "application/vnd.kubernetes.protobuf").unwrap_err().code, 400);
-        assert_eq!(decode_body(b"{}", "application/cbor").unwrap_err().code, 415);
+        assert_eq!(
+            decode_body(b"{}", "application/vnd.kubernetes.protobuf")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            decode_body(b"{}", "application/cbor").unwrap_err().code,
+            415
+        );
         assert!(decode_body(b"a: 1", "application/yaml").is_ok());
     }
 }

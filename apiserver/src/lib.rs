@@ -75,7 +75,7 @@ impl Config {
     pub fn new(storage: StorageConfig) -> Config {
         Config {
             storage,
-            watch_history: 100_000,
+            watch_history: 10_000,
             service_cluster_ip_range: "10.96.0.0/12".to_string(),
             compaction_interval: Duration::from_secs(300),
         }
@@ -105,37 +105,63 @@ pub async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn Store>, Serve
         StorageConfig::Embedded { data_dir } => {
             // Opening replays the log from disk: blocking work, kept off the async workers.
             let dir = data_dir.clone();
-            let opened = tokio::task::spawn_blocking(move || rkube_store::embedded::EmbeddedStore::open(&dir))
-                .await
-                .map_err(|e| ServerError::Config(format!("store open task failed: {e}")))??;
+            let opened = tokio::task::spawn_blocking(move || {
+                rkube_store::embedded::EmbeddedStore::open(&dir)
+            })
+            .await
+            .map_err(|e| ServerError::Config(format!("store open task failed: {e}")))??;
             Arc::new(opened)
         }
-        StorageConfig::Etcd { endpoints } => Arc::new(rkube_store::etcd::EtcdStore::connect(endpoints).await?),
+        StorageConfig::Etcd { endpoints } => {
+            Arc::new(rkube_store::etcd::EtcdStore::connect(endpoints).await?)
+        }
     })
 }
 
 /// Builds the shared state over an opened store and starts the watch cache.
-pub fn state(config: &Config, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> Result<Arc<ApiState>, ServerError> {
-    let range: Ipv4Range = config.service_cluster_ip_range.parse().map_err(ServerError::Config)?;
+pub fn state(
+    config: &Config,
+    store: Arc<dyn Store>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<ApiState>, ServerError> {
+    let range: Ipv4Range = config
+        .service_cluster_ip_range
+        .parse()
+        .map_err(ServerError::Config)?;
     let cache = WatchCache::start(store.clone(), config.watch_history, shutdown.clone());
-    Ok(Arc::new(ApiState { store, cache, shutdown, services: ServiceAllocator::new(range) }))
+    Ok(Arc::new(ApiState {
+        store,
+        cache,
+        shutdown,
+        services: ServiceAllocator::new(range),
+    }))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains requests (watches
 /// end at once) and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let store = open_store(&config.storage).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = state(&config, store.clone(), stop_rx)?;
     bootstrap(&state).await;
-    let compactor = tokio::spawn(compact_periodically(store.clone(), config.compaction_interval, state.shutdown.clone()));
+    let compactor = tokio::spawn(compact_periodically(
+        store.clone(),
+        config.compaction_interval,
+        state.shutdown.clone(),
+    ));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?config.storage, "rkube-apiserver serving");
     let graceful = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    axum::serve(listener, app(state.clone())).with_graceful_shutdown(graceful).await?;
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(graceful)
+        .await?;
     compactor.abort();
     let _ = compactor.await;
     state.cache.join_feeder().await;
@@ -155,17 +181,25 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 /// Creates the namespaces every cluster has. Idempotent; retried until storage answers.
 pub async fn bootstrap(state: &ApiState) {
-    let Some(namespaces) = rkube_api::registry::find("", "v1", "namespaces") else { return };
+    let Some(namespaces) = rkube_api::registry::find("", "v1", "namespaces") else {
+        return;
+    };
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         if let Err(e) = objects::prepare_create(namespaces, None, &mut obj) {
             tracing::error!(error = %e, "bootstrap namespace {name} invalid");
             continue;
         }
-        let Ok(bytes) = objects::encode_for_storage(&obj) else { continue };
+        let Ok(bytes) = objects::encode_for_storage(&obj) else {
+            continue;
+        };
         let mut delay = Duration::from_millis(100);
         loop {
-            match state.store.create(&namespaces.key(None, name), Bytes::from(bytes.clone())).await {
+            match state
+                .store
+                .create(&namespaces.key(None, name), Bytes::from(bytes.clone()))
+                .await
+            {
                 Ok(_) | Err(rkube_store::StoreError::AlreadyExists { .. }) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "bootstrap: creating namespace {name} failed; retrying");
@@ -179,7 +213,11 @@ pub async fn bootstrap(state: &ApiState) {
 
 /// Upstream compacts etcd every five minutes to the revision seen five minutes earlier, so
 /// history of at least one interval is always available to resuming watchers.
-async fn compact_periodically(store: Arc<dyn Store>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn compact_periodically(
+    store: Arc<dyn Store>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut previous: Option<i64> = None;
     loop {
         tokio::select! {
@@ -199,13 +237,25 @@ async fn compact_periodically(store: Arc<dyn Store>, interval: Duration, mut shu
 /// the Kubernetes URL parser.
 pub fn app(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/version", get(|| async { json_value(StatusCode::OK, &discovery::version()) }))
+        .route(
+            "/version",
+            get(|| async { json_value(StatusCode::OK, &discovery::version()) }),
+        )
         .route("/healthz", get(health))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(health))
-        .route("/api", get(|| async { json_value(StatusCode::OK, &discovery::api_versions()) }))
-        .route("/apis", get(|| async { json_value(StatusCode::OK, &discovery::api_group_list()) }))
-        .route("/openapi/v3", get(|| async { json_value(StatusCode::OK, &discovery::openapi_index()) }))
+        .route(
+            "/api",
+            get(|| async { json_value(StatusCode::OK, &discovery::api_versions()) }),
+        )
+        .route(
+            "/apis",
+            get(|| async { json_value(StatusCode::OK, &discovery::api_group_list()) }),
+        )
+        .route(
+            "/openapi/v3",
+            get(|| async { json_value(StatusCode::OK, &discovery::openapi_index()) }),
+        )
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
         .with_state(state)
@@ -236,8 +286,13 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, handlers::MAX_BODY_BYTES);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::too_large("Request entity too large: limit is 3145728"))
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(
+                "Request entity too large: limit is 3145728",
+            ))
         }
         Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
     }
@@ -269,7 +324,13 @@ async fn resource_request(State(state): State<Arc<ApiState>>, request: HttpReque
             Err(e) => return ErrorResponse(e).into_response(),
         }
     };
-    let req = handlers::Request { method: parts.method.clone(), target, params, headers: parts.headers, body };
+    let req = handlers::Request {
+        method: parts.method.clone(),
+        target,
+        params,
+        headers: parts.headers,
+        body,
+    };
     tracing::debug!(method = %parts.method, uri = %parts.uri, "request");
     match handlers::dispatch(state, req).await {
         Ok(r) => r,

@@ -9,7 +9,11 @@ use clap::Parser;
 use rkube_apiserver::{Config, StorageConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "rkube-apiserver", version, about = "The rkube API server (Kubernetes REST API)")]
+#[command(
+    name = "rkube-apiserver",
+    version,
+    about = "The rkube API server (Kubernetes REST API)"
+)]
 struct Flags {
     /// Address to listen on. Loopback by default: expose the API deliberately.
     #[arg(long, default_value = "127.0.0.1")]
@@ -27,7 +31,7 @@ struct Flags {
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
     /// Watch events kept for watchers resuming from an older resourceVersion.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
     /// Seconds between storage compactions.
     #[arg(long, default_value_t = 300)]
@@ -44,9 +48,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let flags = Flags::parse();
     let storage = if flags.etcd_servers.is_empty() {
-        StorageConfig::Embedded { data_dir: flags.data_dir }
+        StorageConfig::Embedded {
+            data_dir: flags.data_dir,
+        }
     } else {
-        StorageConfig::Etcd { endpoints: flags.etcd_servers }
+        StorageConfig::Etcd {
+            endpoints: flags.etcd_servers,
+        }
     };
     let mut config = Config::new(storage);
     config.service_cluster_ip_range = flags.service_cluster_ip_range;
@@ -59,13 +67,14 @@ async fn main() -> anyhow::Result<()> {
     // Printed for scripts that start us on port 0.
     println!("listening on {}", listener.local_addr()?);
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -19,7 +19,10 @@ pub fn decode_stored(bytes: &[u8], revision: Revision) -> Result<Value, serde_js
 
 pub fn set_resource_version(obj: &mut Value, revision: Revision) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -42,12 +45,16 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.is_object() {
         *obj = json!({});
     }
-    let Value::Object(root) = obj else { unreachable!("made an object above") };
+    let Value::Object(root) = obj else {
+        unreachable!("made an object above")
+    };
     let meta = root.entry("metadata").or_insert_with(|| json!({}));
     if !meta.is_object() {
         *meta = json!({});
     }
-    let Value::Object(map) = meta else { unreachable!("made an object above") };
+    let Value::Object(map) = meta else {
+        unreachable!("made an object above")
+    };
     map
 }
 
@@ -70,18 +77,31 @@ pub fn generate_name(prefix: &str) -> String {
         .collect();
     // Upstream trims the prefix so the result fits in 63 characters.
     let max_prefix = 63 - suffix.len();
-    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let prefix = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     format!("{prefix}{suffix}")
 }
 
 /// Checks that the body's apiVersion/kind (when present) match the URL, and fills them in.
-pub fn check_type(resource: &ResourceInfo, obj: &mut Value, expect_kind: &str, expect_api_version: &str) -> Result<(), ApiError> {
+pub fn check_type(
+    resource: &ResourceInfo,
+    obj: &mut Value,
+    expect_kind: &str,
+    expect_api_version: &str,
+) -> Result<(), ApiError> {
     let Some(map) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if (!kind.is_empty() && kind != expect_kind) || (!api_version.is_empty() && api_version != expect_api_version) {
+    if (!kind.is_empty() && kind != expect_kind)
+        || (!api_version.is_empty() && api_version != expect_api_version)
+    {
         return Err(ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: the object's kind/apiVersion does not match the request URL ({})",
             if kind.is_empty() { "object" } else { kind },
@@ -97,7 +117,11 @@ pub fn check_type(resource: &ResourceInfo, obj: &mut Value, expect_kind: &str, e
 
 /// Rejects bodies whose fields have the wrong JSON type for their kind and, with
 /// `fieldValidation=Strict` (kubectl's default), unknown fields - both as upstream does.
-pub fn check_schema(resource: &ResourceInfo, obj: &mut Value, strict: bool) -> Result<(), ApiError> {
+pub fn check_schema(
+    resource: &ResourceInfo,
+    obj: &mut Value,
+    strict: bool,
+) -> Result<(), ApiError> {
     rkube_api::typed::normalize_quantities(obj);
     let report = rkube_api::typed::check(resource.kind, obj).map_err(|e| {
         ApiError::bad_request(format!(
@@ -106,7 +130,11 @@ pub fn check_schema(resource: &ResourceInfo, obj: &mut Value, strict: bool) -> R
         ))
     })?;
     if strict && !report.unknown_fields.is_empty() {
-        let list: Vec<String> = report.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let list: Vec<String> = report
+            .unknown_fields
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         return Err(ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
             resource.kind,
@@ -120,7 +148,11 @@ pub fn check_schema(resource: &ResourceInfo, obj: &mut Value, strict: bool) -> R
 
 /// Prepares a new object for storage: names, namespace, server-owned metadata, defaults,
 /// validation. `namespace` is the URL's namespace for namespaced resources.
-pub fn prepare_create(resource: &ResourceInfo, namespace: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+pub fn prepare_create(
+    resource: &ResourceInfo,
+    namespace: Option<&str>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     check_type(resource, obj, resource.kind, &resource.api_version())?;
     let meta = meta_mut(obj);
     if let Some(ns) = namespace {
@@ -137,9 +169,16 @@ pub fn prepare_create(resource: &ResourceInfo, namespace: Option<&str>, obj: &mu
     } else {
         meta.remove("namespace");
     }
-    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let has_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     if !has_name {
-        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if let Some(prefix) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
             let name = generate_name(prefix);
             meta.insert("name".into(), json!(name));
         }
@@ -176,7 +215,9 @@ fn spec_part(obj: &Value) -> Map<String, Value> {
     obj.as_object()
         .map(|m| {
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -196,7 +237,12 @@ pub enum UpdateScope {
 
 /// Prepares an update of `old` into `new`: carries over server-owned metadata, keeps the
 /// part the scope may not change, bumps generation on spec changes, defaults, validates.
-pub fn prepare_update(resource: &ResourceInfo, old: &Value, new: &mut Value, scope: UpdateScope) -> Result<(), ApiError> {
+pub fn prepare_update(
+    resource: &ResourceInfo,
+    old: &Value,
+    new: &mut Value,
+    scope: UpdateScope,
+) -> Result<(), ApiError> {
     check_type(resource, new, resource.kind, &resource.api_version())?;
     let name = name_of(old).unwrap_or("").to_string();
     match name_of(new) {
@@ -248,7 +294,10 @@ pub fn prepare_update(resource: &ResourceInfo, old: &Value, new: &mut Value, sco
     meta.remove("managedFields");
     meta.remove("selfLink");
     if resource.tracks_generation {
-        let old_generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+        let old_generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         meta.insert("generation".into(), json!(old_generation));
     } else {
         meta.remove("generation");
@@ -285,7 +334,9 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
 }
 
 pub fn has_finalizers(obj: &Value) -> bool {
-    meta(obj)["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+    meta(obj)["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 pub fn is_terminating(obj: &Value) -> bool {

@@ -113,9 +113,12 @@ fn parse_resource(group: &str, version: &str, rest: &[&str]) -> Result<Route, Pa
         ["namespaces", ns, plural, name] => {
             target(namespaced_collection(plural)?, Some(ns), Some(name), None)
         }
-        ["namespaces", ns, plural, name, sub] => {
-            target(namespaced_collection(plural)?, Some(ns), Some(name), Some(sub))
-        }
+        ["namespaces", ns, plural, name, sub] => target(
+            namespaced_collection(plural)?,
+            Some(ns),
+            Some(name),
+            Some(sub),
+        ),
         _ => Err(PathError::NotFound),
     }
 }

@@ -12,8 +12,15 @@ use crate::error::ApiResult;
 use crate::handlers::Request;
 use crate::ApiState;
 
-pub async fn to_kubelet(state: Arc<ApiState>, req: Request, sub: Subresource) -> ApiResult<Response> {
-    let key = req.target.resource.key(req.target.namespace.as_deref(), req.target.name.as_deref().unwrap_or(""));
+pub async fn to_kubelet(
+    state: Arc<ApiState>,
+    req: Request,
+    sub: Subresource,
+) -> ApiResult<Response> {
+    let key = req.target.resource.key(
+        req.target.namespace.as_deref(),
+        req.target.name.as_deref().unwrap_or(""),
+    );
     let name = req.target.name.as_deref().unwrap_or("");
     let kv = state
         .store
@@ -21,10 +28,13 @@ pub async fn to_kubelet(state: Arc<ApiState>, req: Request, sub: Subresource) ->
         .await
         .map_err(|e| crate::error::store_error(req.target.resource, name, e))?
         .ok_or_else(|| ApiError::not_found(req.target.resource, name))?;
-    let pod: serde_json::Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let pod: serde_json::Value =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
     if node.is_empty() {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")).into());
+        return Err(
+            ApiError::bad_request(format!("pod {name} does not have a host assigned")).into(),
+        );
     }
     Err(ApiError::service_unavailable(format!(
         "pods/{} is served by the kubelet on node {node}; rkube's API server does not proxy to kubelets yet",

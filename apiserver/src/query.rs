@@ -32,7 +32,10 @@ fn truthy(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true") | Some("1"))
 }
 
-fn parse_number<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {
+fn parse_number<T: std::str::FromStr>(
+    name: &str,
+    v: &Option<String>,
+) -> Result<Option<T>, ApiError> {
     match v.as_deref() {
         None | Some("") => Ok(None),
         Some(s) => s

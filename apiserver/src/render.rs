@@ -47,8 +47,10 @@ pub fn negotiate(headers: &HeaderMap) -> Format {
 
 pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut resp = (status, body.into()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -149,7 +151,11 @@ pub fn watch_event(kind: EventType, object_json: &[u8]) -> Bytes {
 }
 
 /// A watch event whose object is a one-row Table (`kubectl get -w`).
-pub fn watch_event_table(kind: EventType, resource: &ResourceInfo, obj: &CachedObject) -> Option<Bytes> {
+pub fn watch_event_table(
+    kind: EventType,
+    resource: &ResourceInfo,
+    obj: &CachedObject,
+) -> Option<Bytes> {
     let value = obj.value().ok()?;
     let t = table(resource, &[value], Some(obj.revision), None, None);
     Some(watch_event(kind, t.to_string().as_bytes()))
@@ -160,7 +166,8 @@ pub fn bookmark(resource: &ResourceInfo, revision: i64, initial_events_end: bool
     if initial_events_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    let obj = json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta});
+    let obj =
+        json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta});
     let line = json!({"type": "BOOKMARK", "object": obj});
     Bytes::from(format!("{line}\n"))
 }
@@ -188,7 +195,9 @@ mod tests {
         assert_eq!(negotiate(&headers("application/json, */*")), Format::Json);
         assert_eq!(negotiate(&HeaderMap::new()), Format::Json);
         assert_eq!(
-            negotiate(&headers("application/vnd.kubernetes.protobuf, application/json")),
+            negotiate(&headers(
+                "application/vnd.kubernetes.protobuf, application/json"
+            )),
             Format::Json
         );
     }

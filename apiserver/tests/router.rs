@@ -26,21 +26,37 @@ impl Harness {
 
     async fn with_history(history: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(StorageConfig::Embedded { data_dir: dir.path().to_path_buf() });
+        let mut config = Config::new(StorageConfig::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        });
         config.watch_history = history;
         let store = open_store(&config.storage).await.unwrap();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let state = state(&config, store, stop_rx).unwrap();
         bootstrap(&state).await;
-        state.cache.wait_for(None, Duration::from_secs(5)).await.unwrap();
-        Harness { state, _dir: dir, _stop: stop }
+        state
+            .cache
+            .wait_for(None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        Harness {
+            state,
+            _dir: dir,
+            _stop: stop,
+        }
     }
 
     fn router(&self) -> Router {
         app(self.state.clone())
     }
 
-    async fn send(&self, method: &str, uri: &str, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(uri)
@@ -50,22 +66,32 @@ impl Harness {
         let resp = self.router().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
     }
 
     async fn json(&self, method: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(method, uri, "application/json", body.to_string()).await
+        self.send(method, uri, "application/json", body.to_string())
+            .await
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.send("GET", uri, "application/json", Body::empty()).await
+        self.send("GET", uri, "application/json", Body::empty())
+            .await
     }
 
     async fn pod_names(&self, namespace: &str) -> Vec<String> {
-        let (status, list) = self.get(&format!("/api/v1/namespaces/{namespace}/pods")).await;
+        let (status, list) = self
+            .get(&format!("/api/v1/namespaces/{namespace}/pods"))
+            .await;
         assert_eq!(status, StatusCode::OK);
-        list["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -84,30 +110,54 @@ fn deployment(name: &str, replicas: i64) -> Value {
 #[tokio::test]
 async fn create_get_update_with_resource_versions() {
     let h = Harness::new().await;
-    let (status, created) = h.json("POST", "/api/v1/namespaces/default/pods", &pod("web")).await;
+    let (status, created) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &pod("web"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let rv: i64 = created["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    assert!(created["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let rv: i64 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(created["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| !u.is_empty()));
     assert!(created["metadata"]["creationTimestamp"].is_string());
 
     let (status, got) = h.get("/api/v1/namespaces/default/pods/web").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(got["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    assert_eq!(
+        got["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
 
     let mut changed = got.clone();
     changed["metadata"]["labels"]["tier"] = json!("front");
-    let (status, updated) = h.json("PUT", "/api/v1/namespaces/default/pods/web", &changed).await;
+    let (status, updated) = h
+        .json("PUT", "/api/v1/namespaces/default/pods/web", &changed)
+        .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
-    let rv2: i64 = updated["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let rv2: i64 = updated["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv2 > rv);
 
     // The stale version loses, with upstream's message.
-    let (status, err) = h.json("PUT", "/api/v1/namespaces/default/pods/web", &changed).await;
+    let (status, err) = h
+        .json("PUT", "/api/v1/namespaces/default/pods/web", &changed)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(err["reason"], "Conflict");
-    assert!(err["message"].as_str().unwrap().contains("the object has been modified"));
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("the object has been modified"));
 
-    let (status, err) = h.json("POST", "/api/v1/namespaces/default/pods", &pod("web")).await;
+    let (status, err) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &pod("web"))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(err["reason"], "AlreadyExists");
     assert_eq!(err["message"], "pods \"web\" already exists");
@@ -116,14 +166,26 @@ async fn create_get_update_with_resource_versions() {
 #[tokio::test]
 async fn generation_status_and_scale() {
     let h = Harness::new().await;
-    let (status, d) = h.json("POST", "/apis/apps/v1/namespaces/default/deployments", &deployment("d", 2)).await;
+    let (status, d) = h
+        .json(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            &deployment("d", 2),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{d}");
     assert_eq!(d["metadata"]["generation"], 1);
 
     // Status writes go through /status only and do not bump generation.
     let mut with_status = d.clone();
     with_status["status"] = json!({"replicas": 2, "observedGeneration": 1});
-    let (status, s) = h.json("PUT", "/apis/apps/v1/namespaces/default/deployments/d/status", &with_status).await;
+    let (status, s) = h
+        .json(
+            "PUT",
+            "/apis/apps/v1/namespaces/default/deployments/d/status",
+            &with_status,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{s}");
     assert_eq!(s["status"]["replicas"], 2);
     assert_eq!(s["metadata"]["generation"], 1);
@@ -131,18 +193,31 @@ async fn generation_status_and_scale() {
     // A main-resource write cannot change status.
     let mut sneaky = s.clone();
     sneaky["status"]["replicas"] = json!(99);
-    let (_, after) = h.json("PUT", "/apis/apps/v1/namespaces/default/deployments/d", &sneaky).await;
+    let (_, after) = h
+        .json(
+            "PUT",
+            "/apis/apps/v1/namespaces/default/deployments/d",
+            &sneaky,
+        )
+        .await;
     assert_eq!(after["status"]["replicas"], 2);
 
     let (status, scale) = h
-        .send("PATCH", "/apis/apps/v1/namespaces/default/deployments/d/scale", "application/merge-patch+json", r#"{"spec":{"replicas":4}}"#)
+        .send(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/d/scale",
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":4}}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{scale}");
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["apiVersion"], "autoscaling/v1");
     assert_eq!(scale["spec"]["replicas"], 4);
     assert_eq!(scale["status"]["selector"], "app=d");
-    let (_, d) = h.get("/apis/apps/v1/namespaces/default/deployments/d").await;
+    let (_, d) = h
+        .get("/apis/apps/v1/namespaces/default/deployments/d")
+        .await;
     assert_eq!(d["spec"]["replicas"], 4);
     assert_eq!(d["metadata"]["generation"], 2);
 }
@@ -151,11 +226,18 @@ async fn generation_status_and_scale() {
 async fn strategic_merge_patch_changes_one_container() {
     let h = Harness::new().await;
     let mut d = deployment("web", 1);
-    d["spec"]["template"]["spec"]["containers"] = json!([{"name": "a", "image": "one:1"}, {"name": "b", "image": "two:1"}]);
-    h.json("POST", "/apis/apps/v1/namespaces/default/deployments", &d).await;
+    d["spec"]["template"]["spec"]["containers"] =
+        json!([{"name": "a", "image": "one:1"}, {"name": "b", "image": "two:1"}]);
+    h.json("POST", "/apis/apps/v1/namespaces/default/deployments", &d)
+        .await;
     let patch = r#"{"spec":{"template":{"spec":{"$setElementOrder/containers":[{"name":"a"},{"name":"b"}],"containers":[{"name":"b","image":"two:2"}]}}}}"#;
     let (status, patched) = h
-        .send("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", "application/strategic-merge-patch+json", patch)
+        .send(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "application/strategic-merge-patch+json",
+            patch,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{patched}");
     let containers = &patched["spec"]["template"]["spec"]["containers"];
@@ -169,9 +251,18 @@ async fn server_side_apply_upserts() {
     let h = Harness::new().await;
     let body = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a: \"1\"\n";
     let uri = "/api/v1/namespaces/default/configmaps/cfg?fieldManager=kubectl&force=false";
-    let (status, created) = h.send("PATCH", uri, "application/apply-patch+yaml", body).await;
+    let (status, created) = h
+        .send("PATCH", uri, "application/apply-patch+yaml", body)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let (status, updated) = h.send("PATCH", uri, "application/apply-patch+yaml", body.replace("\"1\"", "\"2\"")).await;
+    let (status, updated) = h
+        .send(
+            "PATCH",
+            uri,
+            "application/apply-patch+yaml",
+            body.replace("\"1\"", "\"2\""),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(updated["data"]["a"], "2");
 }
@@ -182,13 +273,24 @@ async fn selectors_and_pagination() {
     for i in 0..7 {
         let mut p = pod(&format!("p{i}"));
         p["metadata"]["labels"]["parity"] = json!(if i % 2 == 0 { "even" } else { "odd" });
-        assert_eq!(h.json("POST", "/api/v1/namespaces/default/pods", &p).await.0, StatusCode::CREATED);
+        assert_eq!(
+            h.json("POST", "/api/v1/namespaces/default/pods", &p)
+                .await
+                .0,
+            StatusCode::CREATED
+        );
     }
-    let (_, even) = h.get("/api/v1/namespaces/default/pods?labelSelector=parity%3Deven").await;
+    let (_, even) = h
+        .get("/api/v1/namespaces/default/pods?labelSelector=parity%3Deven")
+        .await;
     assert_eq!(even["items"].as_array().unwrap().len(), 4);
-    let (_, one) = h.get("/api/v1/namespaces/default/pods?fieldSelector=metadata.name%3Dp3").await;
+    let (_, one) = h
+        .get("/api/v1/namespaces/default/pods?fieldSelector=metadata.name%3Dp3")
+        .await;
     assert_eq!(one["items"][0]["metadata"]["name"], "p3");
-    let (status, err) = h.get("/api/v1/namespaces/default/pods?fieldSelector=spec.bogus%3Dx").await;
+    let (status, err) = h
+        .get("/api/v1/namespaces/default/pods?fieldSelector=spec.bogus%3Dx")
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
 
     // Pages share one resourceVersion and together hold every item exactly once.
@@ -202,12 +304,22 @@ async fn selectors_and_pagination() {
         };
         let (status, page) = h.get(&uri).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        let rv = page["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let rv = page["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert_eq!(list_rv.get_or_insert(rv.clone()), &rv);
-        names.extend(page["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()));
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_string()),
+        );
         // A write between pages must not show up in later pages.
         if token.is_none() {
-            h.json("POST", "/api/v1/namespaces/default/pods", &pod("p9")).await;
+            h.json("POST", "/api/v1/namespaces/default/pods", &pod("p9"))
+                .await;
         }
         match page["metadata"]["continue"].as_str() {
             Some(t) => token = Some(t.to_string()),
@@ -224,41 +336,79 @@ async fn graceful_pod_deletion_and_finalizers() {
     let mut p = pod("bound");
     p["spec"]["nodeName"] = json!("node-1");
     h.json("POST", "/api/v1/namespaces/default/pods", &p).await;
-    let (status, marked) = h.send("DELETE", "/api/v1/namespaces/default/pods/bound", "application/json", Body::empty()).await;
+    let (status, marked) = h
+        .send(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/bound",
+            "application/json",
+            Body::empty(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
-    assert_eq!(h.get("/api/v1/namespaces/default/pods/bound").await.0, StatusCode::OK);
+    assert_eq!(
+        h.get("/api/v1/namespaces/default/pods/bound").await.0,
+        StatusCode::OK
+    );
     let (status, _) = h
-        .send("DELETE", "/api/v1/namespaces/default/pods/bound", "application/json", r#"{"gracePeriodSeconds":0}"#)
+        .send(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/bound",
+            "application/json",
+            r#"{"gracePeriodSeconds":0}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h.get("/api/v1/namespaces/default/pods/bound").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.get("/api/v1/namespaces/default/pods/bound").await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // A finalizer blocks removal until it is removed.
     let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "held", "finalizers": ["example.com/hold"]}});
-    h.json("POST", "/api/v1/namespaces/default/configmaps", &cm).await;
-    h.send("DELETE", "/api/v1/namespaces/default/configmaps/held", "application/json", Body::empty()).await;
+    h.json("POST", "/api/v1/namespaces/default/configmaps", &cm)
+        .await;
+    h.send(
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps/held",
+        "application/json",
+        Body::empty(),
+    )
+    .await;
     let (status, held) = h.get("/api/v1/namespaces/default/configmaps/held").await;
     assert_eq!(status, StatusCode::OK);
     assert!(held["metadata"]["deletionTimestamp"].is_string());
     cm = held.clone();
     cm["metadata"]["finalizers"] = json!([]);
-    let (status, _) = h.json("PUT", "/api/v1/namespaces/default/configmaps/held", &cm).await;
+    let (status, _) = h
+        .json("PUT", "/api/v1/namespaces/default/configmaps/held", &cm)
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h.get("/api/v1/namespaces/default/configmaps/held").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.get("/api/v1/namespaces/default/configmaps/held").await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn namespace_must_exist_and_names_are_validated() {
     let h = Harness::new().await;
-    let (status, err) = h.json("POST", "/api/v1/namespaces/nope/pods", &pod("p")).await;
+    let (status, err) = h
+        .json("POST", "/api/v1/namespaces/nope/pods", &pod("p"))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(err["message"], "namespaces \"nope\" not found");
-    let (status, err) = h.json("POST", "/api/v1/namespaces/default/pods", &pod("Bad_Name")).await;
+    let (status, err) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &pod("Bad_Name"))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["reason"], "Invalid");
-    assert!(err["details"]["causes"].as_array().unwrap().iter().any(|c| c["field"] == "metadata.name"));
+    assert!(err["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["field"] == "metadata.name"));
     assert!(h.pod_names("default").await.is_empty());
 }
 
@@ -271,11 +421,25 @@ async fn generate_name_and_binding() {
     let name = created["metadata"]["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("web-") && name.len() == 9);
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"kind": "Node", "name": "n1"}});
-    let (status, _) = h.json("POST", &format!("/api/v1/namespaces/default/pods/{name}/binding"), &binding).await;
+    let (status, _) = h
+        .json(
+            "POST",
+            &format!("/api/v1/namespaces/default/pods/{name}/binding"),
+            &binding,
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, bound) = h.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
+    let (_, bound) = h
+        .get(&format!("/api/v1/namespaces/default/pods/{name}"))
+        .await;
     assert_eq!(bound["spec"]["nodeName"], "n1");
-    let (status, err) = h.json("POST", &format!("/api/v1/namespaces/default/pods/{name}/binding"), &binding).await;
+    let (status, err) = h
+        .json(
+            "POST",
+            &format!("/api/v1/namespaces/default/pods/{name}/binding"),
+            &binding,
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
 }
 
@@ -284,7 +448,9 @@ async fn services_get_cluster_ips() {
     let h = Harness::new().await;
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
                      "spec": {"type": "NodePort", "selector": {"app": "x"}, "ports": [{"port": 80}]}});
-    let (status, created) = h.json("POST", "/api/v1/namespaces/default/services", &svc).await;
+    let (status, created) = h
+        .json("POST", "/api/v1/namespaces/default/services", &svc)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let ip = created["spec"]["clusterIP"].as_str().unwrap();
     assert!(ip.starts_with("10."), "{ip}");
@@ -293,7 +459,9 @@ async fn services_get_cluster_ips() {
     let mut taken = svc.clone();
     taken["metadata"]["name"] = json!("s2");
     taken["spec"]["clusterIP"] = json!(ip);
-    let (status, _) = h.json("POST", "/api/v1/namespaces/default/services", &taken).await;
+    let (status, _) = h
+        .json("POST", "/api/v1/namespaces/default/services", &taken)
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -309,10 +477,25 @@ async fn discovery_and_errors_for_unknown_paths() {
     let (status, err) = h.get("/api/v1/widgets").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(err["kind"], "Status");
-    let (status, _) = h.send("PATCH", "/api/v1/namespaces/default/pods/x", "application/merge-patch+json", "{}").await;
+    let (status, _) = h
+        .send(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/x",
+            "application/merge-patch+json",
+            "{}",
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    h.json("POST", "/api/v1/namespaces/default/pods", &pod("x")).await;
-    let (status, err) = h.send("PATCH", "/api/v1/namespaces/default/pods/x", "text/plain", "{}").await;
+    h.json("POST", "/api/v1/namespaces/default/pods", &pod("x"))
+        .await;
+    let (status, err) = h
+        .send(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/x",
+            "text/plain",
+            "{}",
+        )
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{err}");
 }
 
@@ -321,34 +504,66 @@ async fn oversized_and_malformed_bodies_are_refused_and_nothing_is_stored() {
     let h = Harness::new().await;
     let mut big = pod("big");
     big["metadata"]["annotations"] = json!({"x": "a".repeat(3 * 1024 * 1024 + 10)});
-    let (status, err) = h.json("POST", "/api/v1/namespaces/default/pods", &big).await;
+    let (status, err) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &big)
+        .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
     assert_eq!(err["reason"], "RequestEntityTooLarge");
-    let (status, err) = h.send("POST", "/api/v1/namespaces/default/pods", "application/json", "{\"kind\": ").await;
+    let (status, err) = h
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "application/json",
+            "{\"kind\": ",
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["reason"], "BadRequest");
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "wrong"}});
-    let (status, _) = h.json("POST", "/api/v1/namespaces/default/pods", &svc).await;
+    let (status, _) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &svc)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, err) = h
         .send("POST", "/api/v1/namespaces/default/pods?fieldValidation=Strict", "application/json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"u"},"spec":{"containerz":[{"name":"c"}]}}"#)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
-    assert!(err["message"].as_str().unwrap().contains("unknown field \"spec.containerz\""));
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field \"spec.containerz\""));
     assert!(h.pod_names("default").await.is_empty());
 }
 
 #[tokio::test]
 async fn watch_from_a_compacted_history_gets_410_as_an_event() {
     let h = Harness::with_history(5).await;
-    let (_, first) = h.json("POST", "/api/v1/namespaces/default/pods", &pod("w0")).await;
-    let rv = first["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let (_, first) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &pod("w0"))
+        .await;
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for i in 1..20 {
-        h.json("POST", "/api/v1/namespaces/default/pods", &pod(&format!("w{i}"))).await;
+        h.json(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            &pod(&format!("w{i}")),
+        )
+        .await;
     }
     let current = h.state.store.current_revision().await.unwrap();
-    h.state.cache.wait_for(Some(current), Duration::from_secs(5)).await.unwrap();
-    let (status, body) = h.get(&format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}")).await;
+    h.state
+        .cache
+        .wait_for(Some(current), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (status, body) = h
+        .get(&format!(
+            "/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
+        ))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["type"], "ERROR", "{body}");
     assert_eq!(body["object"]["code"], 410);
@@ -358,25 +573,62 @@ async fn watch_from_a_compacted_history_gets_410_as_an_event() {
 #[tokio::test]
 async fn watch_replays_history_then_times_out() {
     let h = Harness::new().await;
-    let (_, first) = h.json("POST", "/api/v1/namespaces/default/pods", &pod("a")).await;
-    let rv = first["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    h.json("POST", "/api/v1/namespaces/default/pods", &pod("b")).await;
-    h.send("DELETE", "/api/v1/namespaces/default/pods/a", "application/json", Body::empty()).await;
+    let (_, first) = h
+        .json("POST", "/api/v1/namespaces/default/pods", &pod("a"))
+        .await;
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.json("POST", "/api/v1/namespaces/default/pods", &pod("b"))
+        .await;
+    h.send(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/a",
+        "application/json",
+        Body::empty(),
+    )
+    .await;
     let current = h.state.store.current_revision().await.unwrap();
-    h.state.cache.wait_for(Some(current), Duration::from_secs(5)).await.unwrap();
+    h.state
+        .cache
+        .wait_for(Some(current), Duration::from_secs(5))
+        .await
+        .unwrap();
     let req = Request::builder()
-        .uri(format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&timeoutSeconds=1"))
+        .uri(format!(
+            "/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+        ))
         .body(Body::empty())
         .unwrap();
     let resp = h.router().oneshot(req).await.unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let events: Vec<Value> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let events: Vec<Value> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
     let summary: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
         .collect();
-    assert_eq!(summary, vec![("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())]);
-    let deleted_rv: i64 = events[1]["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        summary,
+        vec![("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())]
+    );
+    let deleted_rv: i64 = events[1]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(deleted_rv, current);
 }
 
@@ -395,7 +647,14 @@ mod fuzz {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
-                    prop_oneof![Just("metadata".to_string()), Just("spec".to_string()), Just("name".to_string()), Just("containers".to_string()), Just("kind".to_string()), "[a-z$/]{1,8}"],
+                    prop_oneof![
+                        Just("metadata".to_string()),
+                        Just("spec".to_string()),
+                        Just("name".to_string()),
+                        Just("containers".to_string()),
+                        Just("kind".to_string()),
+                        "[a-z$/]{1,8}"
+                    ],
                     inner,
                     0..5
                 )

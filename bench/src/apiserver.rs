@@ -109,12 +109,19 @@ impl Server {
         let dir = tempfile::tempdir()?;
         let port = rkube_testkit::free_port()?;
         let mut cmd = Command::new(binary);
-        cmd.arg("--port").arg(port.to_string()).arg("--data-dir").arg(dir.path().join("data"));
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
         if let Some(e) = etcd {
             cmd.arg("--etcd-servers").arg(e);
         }
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -129,7 +136,11 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Server { child, url, _dir: dir })
+        Ok(Server {
+            child,
+            url,
+            _dir: dir,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -145,8 +156,13 @@ impl Drop for Server {
 }
 
 async fn create_namespace(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<()> {
-    let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    let r = client.post(format!("{url}/api/v1/namespaces")).json(&body).send().await?;
+    let body =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    let r = client
+        .post(format!("{url}/api/v1/namespaces"))
+        .json(&body)
+        .send()
+        .await?;
     if !r.status().is_success() {
         bail!("creating namespace {name}: {}", r.text().await?);
     }
@@ -154,7 +170,11 @@ async fn create_namespace(client: &reqwest::Client, url: &str, name: &str) -> an
 }
 
 /// Runs `total` operations with `concurrency` workers; returns wall time and per-op latencies.
-async fn run_concurrent<F, Fut>(total: usize, concurrency: usize, op: F) -> anyhow::Result<(Duration, Vec<Duration>)>
+async fn run_concurrent<F, Fut>(
+    total: usize,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<(Duration, Vec<Duration>)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -191,7 +211,11 @@ where
 
 async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
     println!("\n== backend: {backend} ==");
-    let etcd = if backend == "etcd" { Some(EtcdProcess::start().await?) } else { None };
+    let etcd = if backend == "etcd" {
+        Some(EtcdProcess::start().await?)
+    } else {
+        None
+    };
     let endpoint = etcd.as_ref().map(|e| e.endpoint());
 
     // Baseline: the same bytes written straight to the same kind of store, same concurrency.
@@ -206,7 +230,9 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
         let store = raw_store.clone();
         let value = sample.clone();
         async move {
-            store.create(&format!("/raw/pods/bench/pod-{i}"), value).await?;
+            store
+                .create(&format!("/raw/pods/bench/pod-{i}"), value)
+                .await?;
             Ok(())
         }
     })
@@ -215,7 +241,9 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
     drop(raw);
 
     let server = Server::start(&flags.apiserver, endpoint.as_deref()).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(flags.concurrency * 2).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(flags.concurrency * 2)
+        .build()?;
     create_namespace(&client, &server.url, "bench").await?;
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..flags.pods)
@@ -261,7 +289,13 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
     for i in 0..2000usize {
         let name = format!("pod-{}", (i * 7919) % flags.pods);
         let t = Instant::now();
-        let r = client.get(format!("{}/api/v1/namespaces/bench/pods/{name}", server.url)).send().await?;
+        let r = client
+            .get(format!(
+                "{}/api/v1/namespaces/bench/pods/{name}",
+                server.url
+            ))
+            .send()
+            .await?;
         let ok = r.status().is_success();
         r.bytes().await?;
         get_lat.push(t.elapsed());
@@ -270,13 +304,20 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
         }
     }
     get_lat.sort();
-    println!("get latency: p50 {} p99 {} (sequential)", ms(percentile(&get_lat, 0.5)), ms(percentile(&get_lat, 0.99)));
+    println!(
+        "get latency: p50 {} p99 {} (sequential)",
+        ms(percentile(&get_lat, 0.5)),
+        ms(percentile(&get_lat, 0.99))
+    );
 
     // List of every pod.
     let mut list_lat = Vec::new();
     for _ in 0..flags.lists {
         let t = Instant::now();
-        let r = client.get(format!("{}/api/v1/namespaces/bench/pods", server.url)).send().await?;
+        let r = client
+            .get(format!("{}/api/v1/namespaces/bench/pods", server.url))
+            .send()
+            .await?;
         let body = r.bytes().await?;
         list_lat.push(t.elapsed());
         let v: serde_json::Value = serde_json::from_slice(&body)?;
@@ -295,7 +336,11 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("idle RSS with {} pods stored: {:.1} MiB", flags.pods, rss_kib(server.pid())? as f64 / 1024.0);
+    println!(
+        "idle RSS with {} pods stored: {:.1} MiB",
+        flags.pods,
+        rss_kib(server.pid())? as f64 / 1024.0
+    );
 
     // Watch fan-out: watchers on a fresh namespace, then writes there.
     create_namespace(&client, &server.url, "watch").await?;
@@ -304,7 +349,10 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
     let target = flags.watch_writes;
     for _ in 0..flags.watchers {
         let c = client.clone();
-        let url = format!("{}/api/v1/namespaces/watch/pods?watch=true&resourceVersion=0", server.url);
+        let url = format!(
+            "{}/api/v1/namespaces/watch/pods?watch=true&resourceVersion=0",
+            server.url
+        );
         let received = received.clone();
         watchers.push(tokio::spawn(async move {
             let resp = c.get(url).send().await?;
@@ -343,7 +391,12 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
         let (c, url) = (c.clone(), url.clone());
         async move {
             let body = serde_json::to_vec(&pod_json("watch", &format!("w-{i}")))?;
-            let r = c.post(format!("{url}/api/v1/namespaces/watch/pods")).header("content-type", "application/json").body(body).send().await?;
+            let r = c
+                .post(format!("{url}/api/v1/namespaces/watch/pods"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
             if !r.status().is_success() {
                 bail!("create: {}", r.status());
             }
@@ -381,7 +434,10 @@ async fn bench_backend(flags: &Flags, backend: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     if !flags.apiserver.exists() {
-        bail!("{} not found: build it with `cargo build --release -p rkube-apiserver`", flags.apiserver.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p rkube-apiserver`",
+            flags.apiserver.display()
+        );
     }
     println!(
         "rkube-apiserver benchmark: {} pods, concurrency {}, {} watchers x {} writes, {} CPUs",
@@ -389,7 +445,9 @@ async fn main() -> anyhow::Result<()> {
         flags.concurrency,
         flags.watchers,
         flags.watch_writes,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     for backend in ["embedded", "etcd"] {
         if flags.backend.as_deref().is_some_and(|b| b != backend) {

@@ -189,7 +189,9 @@ impl TestCluster {
             data_dir: dir.path().join("data"),
         });
         tune(&mut config);
-        Self::start(config, dir).await.expect("starting an embedded test cluster")
+        Self::start(config, dir)
+            .await
+            .expect("starting an embedded test cluster")
     }
 
     /// A server storing in the etcd at `endpoint`.
@@ -202,7 +204,9 @@ impl TestCluster {
             endpoints: vec![endpoint.to_string()],
         });
         tune(&mut config);
-        Self::start(config, temp_dir()).await.expect("starting an etcd test cluster")
+        Self::start(config, temp_dir())
+            .await
+            .expect("starting an etcd test cluster")
     }
 
     /// Starts a server with any config; the temp dir holds the kubeconfig, kubectl's cache
@@ -297,7 +301,10 @@ users:
         let mut command = tokio::process::Command::new(kubectl_binary());
         command
             .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
-            .arg(format!("--cache-dir={}", self.kubectl_cache_dir().display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.kubectl_cache_dir().display()
+            ))
             .args(args)
             .env_remove("KUBECONFIG")
             .env("HOME", self.dir.path())
@@ -342,7 +349,10 @@ users:
                 }
             }
             if Instant::now() > deadline {
-                bail!("API server at {} not ready after {READY_TIMEOUT:?}", self.url());
+                bail!(
+                    "API server at {} not ready after {READY_TIMEOUT:?}",
+                    self.url()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -449,4 +459,34 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Generates, for each `async fn scenario(cluster: &TestCluster)` named, one test in
+/// `mod embedded` and one in `mod etcd` (with a private etcd), so every scenario is written
+/// once and run against both storage backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let cluster = $crate::TestCluster::start_embedded().await;
+                    super::$scenario(&cluster).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let etcd = $crate::EtcdProcess::start().await.expect("starting etcd");
+                    let cluster = $crate::TestCluster::start_etcd(&etcd.endpoint()).await;
+                    super::$scenario(&cluster).await;
+                    drop(cluster);
+                    drop(etcd);
+                }
+            )*
+        }
+    };
 }

@@ -97,7 +97,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// `details.name`, `details.group`, `details.kind`.
-    pub details: Option<StatusDetails>,
+    /// Boxed: errors travel through many `Result`s and should stay small.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -120,12 +121,12 @@ impl ApiError {
     }
 
     fn with_details(mut self, resource: &ResourceInfo, name: &str) -> Self {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             name: name.to_string(),
             group: resource.group.to_string(),
             kind: resource.plural.to_string(),
             ..Default::default()
-        });
+        }));
         self
     }
 
@@ -190,13 +191,13 @@ impl ApiError {
             code: 422,
             reason: "Invalid",
             message: format!("{} \"{}\" is invalid: {}", kind, name, joined),
-            details: Some(StatusDetails {
+            details: Some(Box::new(StatusDetails {
                 name: name.to_string(),
                 group: resource.group.to_string(),
                 kind: resource.kind.to_string(),
                 causes,
                 retry_after_seconds: None,
-            }),
+            })),
         }
     }
 

@@ -52,7 +52,10 @@ pub fn normalize_quantities(obj: &mut Value) {
 }
 
 fn is_quantity_map(key: &str) -> bool {
-    matches!(key, "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used" | "overhead")
+    matches!(
+        key,
+        "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used" | "overhead"
+    )
 }
 
 /// Checks `obj` against the upstream type for `kind`. Kinds without a typed schema pass.
@@ -81,14 +84,20 @@ pub fn check(kind: &str, obj: &Value) -> Result<TypeReport, TypeError> {
     }?;
     let mut unknown = Vec::new();
     missing_keys(obj, &decoded, "", &mut unknown);
-    Ok(TypeReport { unknown_fields: unknown })
+    Ok(TypeReport {
+        unknown_fields: unknown,
+    })
 }
 
 fn missing_keys(original: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
     match (original, decoded) {
         (Value::Object(o), Value::Object(d)) => {
             for (k, v) in o {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match d.get(k) {
                     Some(dv) => missing_keys(v, dv, &child, out),
                     // Nulls and empty values legitimately vanish in the round trip.
@@ -121,7 +130,20 @@ fn is_free_form(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path);
     matches!(
         last,
-        "labels" | "annotations" | "data" | "binaryData" | "stringData" | "selector" | "matchLabels" | "nodeSelector" | "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used"
+        "labels"
+            | "annotations"
+            | "data"
+            | "binaryData"
+            | "stringData"
+            | "selector"
+            | "matchLabels"
+            | "nodeSelector"
+            | "limits"
+            | "requests"
+            | "capacity"
+            | "allocatable"
+            | "hard"
+            | "used"
     )
 }
 
@@ -136,7 +158,13 @@ mod tests {
             "spec": {"replicaz": 3, "selector": {"matchLabels": {"a": "b"}},
                      "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "x"}]}}}});
         let report = check("Deployment", &d).unwrap();
-        assert_eq!(report.unknown_fields, vec!["spec.replicaz", "spec.template.spec.containers[0].imagePullPolicyy"]);
+        assert_eq!(
+            report.unknown_fields,
+            vec![
+                "spec.replicaz",
+                "spec.template.spec.containers[0].imagePullPolicyy"
+            ]
+        );
     }
 
     #[test]
@@ -150,7 +178,10 @@ mod tests {
         let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": 1, "memory": 134217728}}}]}});
         normalize_quantities(&mut p);
-        assert_eq!(p["spec"]["containers"][0]["resources"]["limits"]["cpu"], "1");
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
         assert!(check("Pod", &p).unwrap().unknown_fields.is_empty());
     }
 
@@ -158,6 +189,9 @@ mod tests {
     fn a_clean_object_has_no_unknown_fields() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "annotations": {}}, "data": {"k": "v"}});
         assert_eq!(check("ConfigMap", &cm).unwrap(), TypeReport::default());
-        assert_eq!(check("Widget", &json!({"x": 1})).unwrap(), TypeReport::default());
+        assert_eq!(
+            check("Widget", &json!({"x": 1})).unwrap(),
+            TypeReport::default()
+        );
     }
 }

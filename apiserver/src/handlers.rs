@@ -589,7 +589,7 @@ async fn create_object(state: &ApiState, req: &Request, mut obj: Value) -> ApiRe
         return Ok(obj);
     }
     let key = resource.key(namespace, &name);
-    let bytes = objects::encode_for_storage(&obj)?;
+    let bytes = objects::encode_for_storage(&mut obj)?;
     let kv = state
         .store
         .create(&key, Bytes::from(bytes))
@@ -660,7 +660,7 @@ async fn write_loop(
                 Err(e) => return Err(store_error(resource, &name, e)),
             }
         }
-        let bytes = objects::encode_for_storage(&new)?;
+        let bytes = objects::encode_for_storage(&mut new)?;
         match state
             .store
             .update(&key, Bytes::from(bytes), kv.mod_revision)
@@ -911,7 +911,7 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
         if objects::same_content(&old, &marked) {
             return Ok(old);
         }
-        let bytes = objects::encode_for_storage(&marked)?;
+        let bytes = objects::encode_for_storage(&mut marked)?;
         match state
             .store
             .update(&key, Bytes::from(bytes), kv.mod_revision)

@@ -190,7 +190,7 @@ pub async fn bootstrap(state: &ApiState) {
             tracing::error!(error = %e, "bootstrap namespace {name} invalid");
             continue;
         }
-        let Ok(bytes) = objects::encode_for_storage(&obj) else {
+        let Ok(bytes) = objects::encode_for_storage(&mut obj) else {
             continue;
         };
         let mut delay = Duration::from_millis(100);

@@ -26,13 +26,13 @@ pub fn set_resource_version(obj: &mut Value, revision: Revision) {
     }
 }
 
-/// The bytes to store: the object without resourceVersion.
-pub fn encode_for_storage(obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut copy = obj.clone();
-    if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+/// The bytes to store: the object without resourceVersion (removed from `obj` in place;
+/// callers stamp the new one after the write).
+pub fn encode_for_storage(obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&copy).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
+    serde_json::to_vec(obj).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
 pub fn meta(obj: &Value) -> &Value {
@@ -123,7 +123,7 @@ pub fn check_schema(
     strict: bool,
 ) -> Result<(), ApiError> {
     rkube_api::typed::normalize_quantities(obj);
-    let report = rkube_api::typed::check(resource.kind, obj).map_err(|e| {
+    let report = rkube_api::typed::check(resource.kind, obj, strict).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {}",
             resource.kind, resource.version, resource.kind, e

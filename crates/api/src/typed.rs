@@ -22,9 +22,14 @@ pub struct TypeReport {
 #[error("{0}")]
 pub struct TypeError(pub String);
 
-fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Value, TypeError> {
-    let typed: T = serde_json::from_value(obj.clone()).map_err(|e| TypeError(e.to_string()))?;
-    serde_json::to_value(&typed).map_err(|e| TypeError(e.to_string()))
+fn decode<T: DeserializeOwned + Serialize>(obj: &Value, find_unknown: bool) -> Result<Option<Value>, TypeError> {
+    // Deserializing from `&Value` avoids cloning the object; only unknown-field detection
+    // needs the typed value encoded again.
+    let typed = T::deserialize(obj).map_err(|e| TypeError(e.to_string()))?;
+    if !find_unknown {
+        return Ok(None);
+    }
+    serde_json::to_value(&typed).map(Some).map_err(|e| TypeError(e.to_string()))
 }
 
 /// Upstream accepts quantities as JSON numbers (`cpu: 1`) and stores them as strings;
@@ -58,32 +63,36 @@ fn is_quantity_map(key: &str) -> bool {
     )
 }
 
-/// Checks `obj` against the upstream type for `kind`. Kinds without a typed schema pass.
-/// Call [`normalize_quantities`] first.
-pub fn check(kind: &str, obj: &Value) -> Result<TypeReport, TypeError> {
+/// Checks `obj` against the upstream type for `kind`; with `find_unknown`, also lists
+/// fields the type does not know (that costs a second encode). Kinds without a typed schema
+/// pass. Call [`normalize_quantities`] first.
+pub fn check(kind: &str, obj: &Value, find_unknown: bool) -> Result<TypeReport, TypeError> {
+    let u = find_unknown;
     let decoded = match kind {
-        "Namespace" => round_trip::<core::v1::Namespace>(obj),
-        "Pod" => round_trip::<core::v1::Pod>(obj),
-        "Service" => round_trip::<core::v1::Service>(obj),
-        "Endpoints" => round_trip::<core::v1::Endpoints>(obj),
-        "ConfigMap" => round_trip::<core::v1::ConfigMap>(obj),
-        "Secret" => round_trip::<core::v1::Secret>(obj),
-        "Node" => round_trip::<core::v1::Node>(obj),
-        "Event" => round_trip::<core::v1::Event>(obj),
-        "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(obj),
-        "Deployment" => round_trip::<apps::v1::Deployment>(obj),
-        "ReplicaSet" => round_trip::<apps::v1::ReplicaSet>(obj),
-        "DaemonSet" => round_trip::<apps::v1::DaemonSet>(obj),
-        "StatefulSet" => round_trip::<apps::v1::StatefulSet>(obj),
-        "Job" => round_trip::<batch::v1::Job>(obj),
-        "HorizontalPodAutoscaler" => round_trip::<autoscaling::v1::HorizontalPodAutoscaler>(obj),
-        "Lease" => round_trip::<coordination::v1::Lease>(obj),
-        "EndpointSlice" => round_trip::<discovery::v1::EndpointSlice>(obj),
-        "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(obj),
+        "Namespace" => decode::<core::v1::Namespace>(obj, u),
+        "Pod" => decode::<core::v1::Pod>(obj, u),
+        "Service" => decode::<core::v1::Service>(obj, u),
+        "Endpoints" => decode::<core::v1::Endpoints>(obj, u),
+        "ConfigMap" => decode::<core::v1::ConfigMap>(obj, u),
+        "Secret" => decode::<core::v1::Secret>(obj, u),
+        "Node" => decode::<core::v1::Node>(obj, u),
+        "Event" => decode::<core::v1::Event>(obj, u),
+        "ServiceAccount" => decode::<core::v1::ServiceAccount>(obj, u),
+        "Deployment" => decode::<apps::v1::Deployment>(obj, u),
+        "ReplicaSet" => decode::<apps::v1::ReplicaSet>(obj, u),
+        "DaemonSet" => decode::<apps::v1::DaemonSet>(obj, u),
+        "StatefulSet" => decode::<apps::v1::StatefulSet>(obj, u),
+        "Job" => decode::<batch::v1::Job>(obj, u),
+        "HorizontalPodAutoscaler" => decode::<autoscaling::v1::HorizontalPodAutoscaler>(obj, u),
+        "Lease" => decode::<coordination::v1::Lease>(obj, u),
+        "EndpointSlice" => decode::<discovery::v1::EndpointSlice>(obj, u),
+        "PodDisruptionBudget" => decode::<policy::v1::PodDisruptionBudget>(obj, u),
         _ => return Ok(TypeReport::default()),
     }?;
     let mut unknown = Vec::new();
-    missing_keys(obj, &decoded, "", &mut unknown);
+    if let Some(decoded) = decoded {
+        missing_keys(obj, &decoded, "", &mut unknown);
+    }
     Ok(TypeReport {
         unknown_fields: unknown,
     })
@@ -157,7 +166,7 @@ mod tests {
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"any": "thing"}},
             "spec": {"replicaz": 3, "selector": {"matchLabels": {"a": "b"}},
                      "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "x"}]}}}});
-        let report = check("Deployment", &d).unwrap();
+        let report = check("Deployment", &d, true).unwrap();
         assert_eq!(
             report.unknown_fields,
             vec![
@@ -170,7 +179,7 @@ mod tests {
     #[test]
     fn wrong_types_are_errors() {
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "three", "selector": {}, "template": {}}});
-        assert!(check("Deployment", &d).is_err());
+        assert!(check("Deployment", &d, false).is_err());
     }
 
     #[test]
@@ -182,15 +191,15 @@ mod tests {
             p["spec"]["containers"][0]["resources"]["limits"]["cpu"],
             "1"
         );
-        assert!(check("Pod", &p).unwrap().unknown_fields.is_empty());
+        assert!(check("Pod", &p, true).unwrap().unknown_fields.is_empty());
     }
 
     #[test]
     fn a_clean_object_has_no_unknown_fields() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "annotations": {}}, "data": {"k": "v"}});
-        assert_eq!(check("ConfigMap", &cm).unwrap(), TypeReport::default());
+        assert_eq!(check("ConfigMap", &cm, true).unwrap(), TypeReport::default());
         assert_eq!(
-            check("Widget", &json!({"x": 1})).unwrap(),
+            check("Widget", &json!({"x": 1}), true).unwrap(),
             TypeReport::default()
         );
     }

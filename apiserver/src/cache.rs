@@ -23,10 +23,9 @@ use rkube_store::{EventKind, Revision, Store, StoreError};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, watch};
 
-use crate::objects;
-
-/// Everything kept per object: the JSON clients receive (with resourceVersion set) and the
-/// few fields selectors need, extracted once.
+/// Everything kept per object: the stored JSON (shared with the embedded store's copy, not
+/// duplicated) and the few fields selectors need, extracted once. The resourceVersion is
+/// spliced into the JSON when it is written out, at an offset found once.
 #[derive(Debug)]
 pub struct CachedObject {
     pub resource: &'static ResourceInfo,
@@ -35,18 +34,34 @@ pub struct CachedObject {
     pub name: String,
     pub labels: Option<Map<String, Value>>,
     pub fields: Vec<(&'static str, String)>,
-    pub json: Bytes,
+    stored: Bytes,
+    /// Offset just inside the top-level `"metadata":{`.
+    rv_at: usize,
     pub revision: Revision,
 }
 
 impl CachedObject {
-    /// Builds the cached form from a decoded object that already carries its resourceVersion.
-    pub fn from_value(
+    /// Builds the cached form of a stored object (JSON without resourceVersion).
+    pub fn from_stored(
         resource: &'static ResourceInfo,
         key: String,
-        obj: &Value,
+        stored: Bytes,
         revision: Revision,
     ) -> Result<CachedObject, serde_json::Error> {
+        let obj: Value = serde_json::from_slice(&stored)?;
+        let (stored, rv_at) = match metadata_body_offset(&stored) {
+            Some(at) => (stored, at),
+            None => {
+                // No metadata object: store a canonical form that has one.
+                let mut canonical = obj.clone();
+                if let Some(map) = canonical.as_object_mut() {
+                    map.insert("metadata".into(), Value::Object(Map::new()));
+                }
+                let bytes = Bytes::from(serde_json::to_vec(&canonical)?);
+                let at = metadata_body_offset(&bytes).unwrap_or(0);
+                (bytes, at)
+            }
+        };
         let meta = &obj["metadata"];
         Ok(CachedObject {
             resource,
@@ -54,15 +69,99 @@ impl CachedObject {
             namespace: meta["namespace"].as_str().unwrap_or("").to_string(),
             name: meta["name"].as_str().unwrap_or("").to_string(),
             labels: meta["labels"].as_object().cloned(),
-            fields: selectable_fields(resource.kind, obj),
-            json: Bytes::from(serde_json::to_vec(obj)?),
+            fields: selectable_fields(resource.kind, &obj),
+            stored,
+            rv_at,
             revision,
         })
     }
 
-    pub fn value(&self) -> Result<Value, serde_json::Error> {
-        serde_json::from_slice(&self.json)
+    /// The same object stamped with another revision (a deletion's).
+    pub fn at_revision(&self, revision: Revision) -> CachedObject {
+        CachedObject {
+            resource: self.resource,
+            key: self.key.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            fields: self.fields.clone(),
+            stored: self.stored.clone(),
+            rv_at: self.rv_at,
+            revision,
+        }
     }
+
+    /// Upper bound of the JSON length, for buffer sizing.
+    pub fn json_len_hint(&self) -> usize {
+        self.stored.len() + 40
+    }
+
+    /// Appends the object's JSON, with its resourceVersion, to `out`.
+    pub fn write_json(&self, out: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        let (head, tail) = self.stored.split_at(self.rv_at.min(self.stored.len()));
+        out.put_slice(head);
+        out.put_slice(b"\"resourceVersion\":\"");
+        out.put_slice(self.revision.to_string().as_bytes());
+        out.put_u8(b'"');
+        if tail.first() != Some(&b'}') {
+            out.put_u8(b',');
+        }
+        out.put_slice(tail);
+    }
+
+    pub fn to_json(&self) -> Bytes {
+        let mut out = bytes::BytesMut::with_capacity(self.json_len_hint());
+        self.write_json(&mut out);
+        out.freeze()
+    }
+
+    pub fn value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice(&self.to_json())
+    }
+}
+
+/// Finds the offset just inside the top-level `"metadata":{` of a JSON object, scanning
+/// keys at depth one and skipping strings and nested values.
+fn metadata_body_offset(json: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"metadata\"";
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    let mut in_string = false;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => {
+                    if depth == 1 && json[i..].starts_with(KEY) {
+                        let mut j = i + KEY.len();
+                        while j < json.len() && json[j].is_ascii_whitespace() {
+                            j += 1;
+                        }
+                        if json.get(j) == Some(&b':') {
+                            j += 1;
+                            while j < json.len() && json[j].is_ascii_whitespace() {
+                                j += 1;
+                            }
+                            return (json.get(j) == Some(&b'{')).then_some(j + 1);
+                        }
+                    }
+                    in_string = true;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,9 +534,7 @@ impl WatchCache {
             let Some(resource) = resource_of_key(&kv.key) else {
                 continue;
             };
-            match objects::decode_stored(&kv.value, kv.mod_revision).and_then(|v| {
-                CachedObject::from_value(resource, kv.key.clone(), &v, kv.mod_revision)
-            }) {
+            match CachedObject::from_stored(resource, kv.key.clone(), kv.value, kv.mod_revision) {
                 Ok(obj) => {
                     objects
                         .entry(resource.plural)
@@ -464,13 +561,56 @@ impl WatchCache {
     fn apply(&self, ev: rkube_store::WatchEvent) {
         let revision = ev.revision();
         let resource = resource_of_key(&ev.kv.key);
+        // Decode outside the lock: readers should never wait on JSON parsing.
+        let decoded = match (resource, ev.kind) {
+            (Some(resource), EventKind::Put) => {
+                match CachedObject::from_stored(
+                    resource,
+                    ev.kv.key.clone(),
+                    ev.kv.value.clone(),
+                    revision,
+                ) {
+                    Ok(o) => Some(Arc::new(o)),
+                    Err(e) => {
+                        tracing::error!(key = %ev.kv.key, error = %e, "watch cache: undecodable object ignored");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut st = self.state.write();
         if revision <= st.revision {
             return;
         }
         st.revision = revision;
         if let Some(resource) = resource {
-            if let Some(event) = Self::to_event(&mut st, resource, ev) {
+            let map = st.objects.entry(resource.plural).or_default();
+            let event = match (ev.kind, decoded) {
+                (EventKind::Put, Some(obj)) => {
+                    let prev = map.insert(ev.kv.key, obj.clone());
+                    Some(CacheEvent {
+                        revision,
+                        resource,
+                        object: obj,
+                        prev,
+                        deleted: false,
+                    })
+                }
+                (EventKind::Delete, _) => map.remove(&ev.kv.key).map(|prev| {
+                    // Upstream's DELETED carries the last state stamped with the deletion revision.
+                    let object = Arc::new(prev.at_revision(revision));
+                    CacheEvent {
+                        revision,
+                        resource,
+                        object,
+                        prev: Some(prev),
+                        deleted: true,
+                    }
+                }),
+                (EventKind::Put, None) => None,
+            };
+            if let Some(event) = event {
                 let event = Arc::new(event);
                 st.history.push_back(event.clone());
                 while st.history.len() > self.history_capacity {
@@ -484,55 +624,53 @@ impl WatchCache {
         drop(st);
         self.revision_tx.send_replace(revision);
     }
-
-    fn to_event(
-        st: &mut State,
-        resource: &'static ResourceInfo,
-        ev: rkube_store::WatchEvent,
-    ) -> Option<CacheEvent> {
-        let revision = ev.revision();
-        let map = st.objects.entry(resource.plural).or_default();
-        match ev.kind {
-            EventKind::Put => {
-                let decoded = objects::decode_stored(&ev.kv.value, revision).and_then(|v| {
-                    CachedObject::from_value(resource, ev.kv.key.clone(), &v, revision)
-                });
-                let obj = match decoded {
-                    Ok(o) => Arc::new(o),
-                    Err(e) => {
-                        tracing::error!(key = %ev.kv.key, error = %e, "watch cache: undecodable object ignored");
-                        return None;
-                    }
-                };
-                let prev = map.insert(ev.kv.key, obj.clone());
-                Some(CacheEvent {
-                    revision,
-                    resource,
-                    object: obj,
-                    prev,
-                    deleted: false,
-                })
-            }
-            EventKind::Delete => {
-                let prev = map.remove(&ev.kv.key)?;
-                // Upstream's DELETED carries the last state stamped with the deletion revision.
-                let mut last = prev.value().ok()?;
-                objects::set_resource_version(&mut last, revision);
-                let object = CachedObject::from_value(resource, ev.kv.key, &last, revision).ok()?;
-                Some(CacheEvent {
-                    revision,
-                    resource,
-                    object: Arc::new(object),
-                    prev: Some(prev),
-                    deleted: true,
-                })
-            }
-        }
-    }
 }
 
 /// `/registry/<plural>/...` -> the resource.
 pub fn resource_of_key(key: &str) -> Option<&'static ResourceInfo> {
     let plural = key.strip_prefix(ROOT_PREFIX)?.split('/').next()?;
     REGISTRY.iter().find(|r| r.plural == plural)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cached(stored: &str, revision: Revision) -> CachedObject {
+        let cm = rkube_api::registry::find("", "v1", "configmaps").unwrap();
+        CachedObject::from_stored(
+            cm,
+            "/registry/configmaps/ns/x".into(),
+            Bytes::from(stored.to_string()),
+            revision,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn resource_version_is_spliced_into_the_top_level_metadata() {
+        // Keys sorting before "metadata", and strings and nested objects that mention it.
+        let stored = r#"{"apiVersion":"v1","data":{"metadata":"{\"metadata\":{}}","k":"v"},"kind":"ConfigMap","metadata":{"name":"x","labels":{"a":"b"}}}"#;
+        let v = cached(stored, 42).value().unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "x");
+        assert_eq!(v["data"]["metadata"], "{\"metadata\":{}}");
+        assert!(v["data"].get("resourceVersion").is_none());
+    }
+
+    #[test]
+    fn empty_or_missing_metadata_still_yields_valid_json() {
+        let v = cached(r#"{"kind":"ConfigMap","metadata":{}}"#, 7)
+            .value()
+            .unwrap();
+        assert_eq!(v["metadata"], json!({"resourceVersion": "7"}));
+        let v = cached(r#"{"kind":"ConfigMap"}"#, 8).value().unwrap();
+        assert_eq!(v["metadata"], json!({"resourceVersion": "8"}));
+        let deleted = cached(r#"{"metadata" : { "name":"x"}}"#, 9)
+            .at_revision(12)
+            .value()
+            .unwrap();
+        assert_eq!(deleted["metadata"]["resourceVersion"], "12");
+    }
 }

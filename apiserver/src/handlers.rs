@@ -160,8 +160,7 @@ fn decode_listing(
 ) -> Vec<Arc<CachedObject>> {
     kvs.into_iter()
         .filter_map(|kv| {
-            let v = objects::decode_stored(&kv.value, kv.mod_revision).ok()?;
-            let o = CachedObject::from_value(resource, kv.key, &v, kv.mod_revision).ok()?;
+            let o = CachedObject::from_stored(resource, kv.key, kv.value, kv.mod_revision).ok()?;
             filter.matches(&o).then(|| Arc::new(o))
         })
         .collect()
@@ -394,7 +393,7 @@ async fn watch(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let cache = state.cache.clone();
     tokio::spawn(async move {
         let encode = |kind: EventType, obj: &CachedObject| match format {
-            Format::Json => Some(render::watch_event(kind, &obj.json)),
+            Format::Json => Some(render::watch_event(kind, obj)),
             Format::Table => render::watch_event_table(kind, resource, obj),
         };
         let mut last_sent = start_revision;

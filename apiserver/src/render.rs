@@ -73,7 +73,7 @@ pub fn list_body(
             meta["remainingItemCount"] = json!(r);
         }
     }
-    let total: usize = items.iter().map(|i| i.json.len() + 1).sum();
+    let total: usize = items.iter().map(|i| i.json_len_hint() + 1).sum();
     let mut out = BytesMut::with_capacity(total + 256);
     out.put_slice(
         format!(
@@ -88,7 +88,7 @@ pub fn list_body(
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(&item.json);
+        item.write_json(&mut out);
     }
     out.put_slice(b"]}");
     out.freeze()
@@ -140,12 +140,20 @@ pub fn table(
 }
 
 /// One watch event line: `{"type":"ADDED","object":{...}}\n`.
-pub fn watch_event(kind: EventType, object_json: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(object_json.len() + 32);
+pub fn watch_event(kind: EventType, object: &CachedObject) -> Bytes {
+    watch_event_raw(kind, |out| object.write_json(out), object.json_len_hint())
+}
+
+fn watch_event_raw(
+    kind: EventType,
+    write_object: impl FnOnce(&mut BytesMut),
+    size_hint: usize,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(size_hint + 32);
     out.put_slice(b"{\"type\":\"");
     out.put_slice(kind.as_str().as_bytes());
     out.put_slice(b"\",\"object\":");
-    out.put_slice(object_json);
+    write_object(&mut out);
     out.put_slice(b"}\n");
     out.freeze()
 }
@@ -158,7 +166,12 @@ pub fn watch_event_table(
 ) -> Option<Bytes> {
     let value = obj.value().ok()?;
     let t = table(resource, &[value], Some(obj.revision), None, None);
-    Some(watch_event(kind, t.to_string().as_bytes()))
+    let table_json = t.to_string();
+    Some(watch_event_raw(
+        kind,
+        |out| out.put_slice(table_json.as_bytes()),
+        table_json.len(),
+    ))
 }
 
 pub fn bookmark(resource: &ResourceInfo, revision: i64, initial_events_end: bool) -> Bytes {

@@ -37,8 +37,12 @@ pub struct Request {
     pub method: Method,
     pub target: Target,
     pub params: Params,
+    /// The query string as sent (forwarded verbatim to kubelets).
+    pub raw_query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The client's side of an HTTP upgrade (exec/attach over WebSocket).
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Request {
@@ -956,8 +960,10 @@ async fn delete_collection(state: Arc<ApiState>, req: Request) -> ApiResult<Resp
                 dry_run: req.params.dry_run.clone(),
                 ..Params::default()
             },
+            raw_query: None,
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            upgrade: None,
         };
         match delete_object(&state, &one, &opts).await {
             Ok(v) => deleted.push(v),

@@ -299,7 +299,7 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 }
 
 async fn resource_request(State(state): State<Arc<ApiState>>, request: HttpRequest) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let route = match path::parse(parts.uri.path()) {
         Ok(r) => r,
         Err(_) => return ErrorResponse(ApiError::path_not_found()).into_response(),
@@ -324,14 +324,16 @@ async fn resource_request(State(state): State<Arc<ApiState>>, request: HttpReque
             Err(e) => return ErrorResponse(e).into_response(),
         }
     };
+    tracing::debug!(method = %parts.method, uri = %parts.uri, "request");
     let req = handlers::Request {
         method: parts.method.clone(),
         target,
         params,
+        raw_query: parts.uri.query().map(str::to_string),
+        upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
         headers: parts.headers,
         body,
     };
-    tracing::debug!(method = %parts.method, uri = %parts.uri, "request");
     match handlers::dispatch(state, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -1,0 +1,142 @@
+//! rkube-scheduler: assigns pending pods to nodes.
+//!
+//! Map of the crate:
+//! - [`run`]: wiring. Starts the watches, the scheduling loop and the health endpoint; the
+//!   binary and the tests call it.
+//! - `scheduler`: the running scheduler: watch handlers feeding the cache and the queue, the
+//!   scheduling loop, binding with bounded concurrency, unschedulable status and Events.
+//! - `framework`: one decision (filter, score, pick; or upstream's "0/N nodes are
+//!   available" explanation). `plugins`: the [`plugins::FilterPlugin`] and
+//!   [`plugins::ScorePlugin`] implementations and the default lists.
+//! - `cache`: nodes and what is placed on them, including assumed pods.
+//! - `queue`: active / backoff / unschedulable pods, upstream's retry rules.
+//! - `model`: pods and nodes reduced to what placement needs; `quantity`: resource amounts.
+//!
+//! Invariant: the scheduler talks only to the API server (kube-rs over HTTP), and a
+//! decision never waits for the network: binds, status writes and Events run beside the
+//! scheduling loop, bounded in number.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cache;
+pub mod framework;
+pub mod model;
+pub mod plugins;
+pub mod quantity;
+pub mod queue;
+mod scheduler;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+
+pub use scheduler::Scheduler;
+
+/// How to reach the API server.
+#[derive(Clone, Debug)]
+pub enum ApiServer {
+    /// A plain `http://host:port` URL, no credentials.
+    Url(String),
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// kube-rs inference: `$KUBECONFIG`, `~/.kube/config`, or in-cluster.
+    Infer,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub api_server: ApiServer,
+    /// Pods whose `spec.schedulerName` is something else are left alone.
+    pub scheduler_name: String,
+    /// Bindings in flight at once.
+    pub bind_concurrency: usize,
+    /// Status updates and Events in flight at once.
+    pub write_concurrency: usize,
+    /// Percentage of nodes to look at per pod in large clusters; `None` is upstream's adaptive rule.
+    pub percentage_of_nodes_to_score: Option<u32>,
+    pub backoff: queue::Backoff,
+}
+
+impl Config {
+    pub fn new(api_server: ApiServer) -> Config {
+        Config {
+            api_server,
+            scheduler_name: "default-scheduler".to_string(),
+            bind_concurrency: 64,
+            write_concurrency: 16,
+            percentage_of_nodes_to_score: None,
+            backoff: queue::Backoff::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The API server URL does not parse.
+    #[error("invalid API server URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// Building the client failed.
+    #[error("API client: {0}")]
+    Client(#[from] kube::Error),
+    /// The health endpoint failed.
+    #[error("serving health endpoint: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+impl ApiServer {
+    pub async fn client(&self) -> Result<kube::Client, SchedulerError> {
+        let config = match self {
+            ApiServer::Url(url) => {
+                let uri = url
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| SchedulerError::Url {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
+                kube::Config::new(uri)
+            }
+            ApiServer::Kubeconfig(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kubeconfig,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?
+            }
+            ApiServer::Infer => kube::Config::infer()
+                .await
+                .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?,
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+/// Runs the scheduler until `shutdown` completes. `listener` serves `/healthz` (alive) and
+/// `/readyz` (caches synced).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    let client = config.api_server.client().await?;
+    let scheduler = Scheduler::new(client, &config);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = scheduler.clone().start(stop_rx);
+    tracing::info!(addr = ?listener.local_addr().ok(), name = %config.scheduler_name, "rkube-scheduler running");
+    let served = axum::serve(listener, scheduler::health_router(scheduler.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    tracing::info!("rkube-scheduler stopped");
+    served.map_err(SchedulerError::from)
+}

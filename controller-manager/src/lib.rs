@@ -1,0 +1,296 @@
+//! rkube-controller-manager: level-triggered controllers behind leader election.
+//!
+//! Map of the crate:
+//! - [`run`]: serves `/healthz` on the listener, campaigns for the Lease
+//!   `kube-system/rkube-controller-manager`, and while leading runs the selected
+//!   controllers; losing the lease stops them, regaining it starts them afresh.
+//! - one module per controller (`replicaset`, `deployment`, `garbagecollector`,
+//!   `namespace`), each built the same way: informers (rkube-runtime) map changes to keys
+//!   on a work queue, workers reconcile one key at a time from the caches.
+//! - `util`: selectors, owner references, pod readiness, int-or-percent.
+//!
+//! Controllers never talk to storage; everything goes through the API server.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod deployment;
+pub mod discovery;
+pub mod garbagecollector;
+pub mod namespace;
+pub mod replicaset;
+pub mod util;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use rkube_runtime::{run_elected, ControllerSelection, LeaderElectionConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Every controller name `--controllers` accepts, in upstream's spelling.
+pub const KNOWN_CONTROLLERS: &[&str] = &[
+    replicaset::NAME,
+    deployment::NAME,
+    garbagecollector::NAME,
+    namespace::NAME,
+    "nodelifecycle",
+    "endpoints",
+    "endpointslice",
+    "daemonset",
+    "job",
+    "statefulset",
+];
+
+/// Where the API server is.
+#[derive(Clone, Debug)]
+pub enum ApiTarget {
+    /// A plain URL such as `http://127.0.0.1:6443` (no authentication).
+    Url(String),
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// KUBECONFIG / ~/.kube/config / in-cluster, as kube-rs infers.
+    Infer,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaderElectionSettings {
+    pub enabled: bool,
+    pub namespace: String,
+    pub name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for LeaderElectionSettings {
+    fn default() -> Self {
+        LeaderElectionSettings {
+            enabled: true,
+            namespace: "kube-system".into(),
+            name: "rkube-controller-manager".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Node lifecycle timings (upstream flag names); reserved for the node lifecycle controller.
+#[derive(Clone, Debug)]
+pub struct NodeLifecycleSettings {
+    pub node_monitor_grace_period: Duration,
+    pub default_unreachable_toleration_seconds: i64,
+}
+
+impl Default for NodeLifecycleSettings {
+    fn default() -> Self {
+        NodeLifecycleSettings {
+            node_monitor_grace_period: Duration::from_secs(50),
+            default_unreachable_toleration_seconds: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub api: ApiTarget,
+    pub controllers: ControllerSelection,
+    pub leader_election: LeaderElectionSettings,
+    /// Unique per instance; the Lease holder identity and events' reporting instance.
+    pub identity: String,
+    /// Concurrent reconciles per controller.
+    pub workers: usize,
+    pub node_lifecycle: NodeLifecycleSettings,
+    /// How often the namespace controller re-checks a namespace whose content is still
+    /// being deleted.
+    pub namespace_resync: Duration,
+}
+
+impl Config {
+    pub fn new(api: ApiTarget) -> Config {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Config {
+            api,
+            controllers: ControllerSelection::default(),
+            leader_election: LeaderElectionSettings::default(),
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            workers: 5,
+            node_lifecycle: NodeLifecycleSettings::default(),
+            namespace_resync: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server location could not be turned into a client.
+    #[error("building the API client: {0}")]
+    Client(String),
+    /// A `--controllers` entry names no controller.
+    #[error("unknown controllers in --controllers: {0}")]
+    UnknownControllers(String),
+    /// The health endpoint could not be served.
+    #[error("serving /healthz: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The error every reconcile returns; the key is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A request to the API server failed.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// Serializing a request body failed.
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The work is not done and must be looked at again (e.g. a failed creation).
+    #[error("{0}")]
+    Pending(String),
+}
+
+/// What every controller gets.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: kube::Client,
+    pub identity: String,
+    pub workers: usize,
+    pub namespace_resync: Duration,
+}
+
+pub async fn client_for(target: &ApiTarget) -> Result<kube::Client, Error> {
+    let config = match target {
+        ApiTarget::Url(url) => {
+            let uri = url
+                .parse()
+                .map_err(|e| Error::Client(format!("{url}: {e}")))?;
+            kube::Config::new(uri)
+        }
+        ApiTarget::Kubeconfig(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Client(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Client(e.to_string()))?
+        }
+        ApiTarget::Infer => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Client(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+}
+
+/// Starts the selected controllers on `tasks`.
+pub async fn start_controllers(
+    shared: &Shared,
+    selection: &ControllerSelection,
+    tasks: &mut JoinSet<()>,
+) {
+    if selection.is_enabled(replicaset::NAME, true) {
+        replicaset::start(shared, tasks);
+    }
+    if selection.is_enabled(deployment::NAME, true) {
+        deployment::start(shared, tasks);
+    }
+    if selection.is_enabled(garbagecollector::NAME, true) {
+        garbagecollector::start(shared, tasks).await;
+    }
+    if selection.is_enabled(namespace::NAME, true) {
+        namespace::start(shared, tasks);
+    }
+    for name in KNOWN_CONTROLLERS[4..].iter() {
+        if selection.is_enabled(name, true) {
+            tracing::debug!(controller = name, "controller not implemented yet; skipped");
+        }
+    }
+}
+
+/// Runs the controller manager until `shutdown` completes: `/healthz` on `listener`,
+/// controllers while this instance holds the lease (always, if election is disabled).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let unknown = config.controllers.unknown(KNOWN_CONTROLLERS);
+    if !unknown.is_empty() {
+        return Err(Error::UnknownControllers(unknown.join(",")));
+    }
+    let client = client_for(&config.api).await?;
+    let shared = Shared {
+        client: client.clone(),
+        identity: config.identity.clone(),
+        workers: config.workers,
+        namespace_resync: config.namespace_resync,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let is_leader = Arc::new(AtomicBool::new(false));
+
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/leader",
+            get(|State(leader): State<Arc<AtomicBool>>| async move {
+                if leader.load(Ordering::SeqCst) {
+                    "true"
+                } else {
+                    "false"
+                }
+            }),
+        )
+        .with_state(is_leader.clone());
+    let mut health_stop = stop_rx.clone();
+    // Dropping `run` (rather than completing `shutdown`) must stop everything it started,
+    // so its tasks live in JoinSets, which abort on drop.
+    let mut server = JoinSet::new();
+    server.spawn(async move {
+        axum::serve(listener, health)
+            .with_graceful_shutdown(async move {
+                let _ = health_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let selection = config.controllers.clone();
+    let lead = move |mut stop: watch::Receiver<bool>| {
+        let shared = shared.clone();
+        let selection = selection.clone();
+        async move {
+            let mut tasks = JoinSet::new();
+            start_controllers(&shared, &selection, &mut tasks).await;
+            let _ = stop.wait_for(|s| *s).await;
+            // Aborting is safe: every reconcile is idempotent and re-run by the next leader.
+            tasks.shutdown().await;
+        }
+    };
+    let mut election = JoinSet::new();
+    if config.leader_election.enabled {
+        let le = &config.leader_election;
+        let mut lec = LeaderElectionConfig::new(&le.namespace, &le.name, &config.identity);
+        lec.lease_duration = le.lease_duration;
+        lec.renew_deadline = le.renew_deadline;
+        lec.retry_period = le.retry_period;
+        election.spawn(run_elected(client, lec, is_leader, stop_rx, lead));
+    } else {
+        is_leader.store(true, Ordering::SeqCst);
+        election.spawn(lead(stop_rx));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    while election.join_next().await.is_some() {}
+    while let Some(result) = server.join_next().await {
+        match result {
+            Ok(served) => served?,
+            Err(e) => tracing::warn!(error = %e, "health server task failed"),
+        }
+    }
+    Ok(())
+}

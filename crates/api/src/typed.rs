@@ -22,14 +22,19 @@ pub struct TypeReport {
 #[error("{0}")]
 pub struct TypeError(pub String);
 
-fn decode<T: DeserializeOwned + Serialize>(obj: &Value, find_unknown: bool) -> Result<Option<Value>, TypeError> {
+fn decode<T: DeserializeOwned + Serialize>(
+    obj: &Value,
+    find_unknown: bool,
+) -> Result<Option<Value>, TypeError> {
     // Deserializing from `&Value` avoids cloning the object; only unknown-field detection
     // needs the typed value encoded again.
     let typed = T::deserialize(obj).map_err(|e| TypeError(e.to_string()))?;
     if !find_unknown {
         return Ok(None);
     }
-    serde_json::to_value(&typed).map(Some).map_err(|e| TypeError(e.to_string()))
+    serde_json::to_value(&typed)
+        .map(Some)
+        .map_err(|e| TypeError(e.to_string()))
 }
 
 /// Upstream accepts quantities as JSON numbers (`cpu: 1`) and stores them as strings;
@@ -197,7 +202,10 @@ mod tests {
     #[test]
     fn a_clean_object_has_no_unknown_fields() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "annotations": {}}, "data": {"k": "v"}});
-        assert_eq!(check("ConfigMap", &cm, true).unwrap(), TypeReport::default());
+        assert_eq!(
+            check("ConfigMap", &cm, true).unwrap(),
+            TypeReport::default()
+        );
         assert_eq!(
             check("Widget", &json!({"x": 1}), true).unwrap(),
             TypeReport::default()

@@ -125,6 +125,79 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
+/// The media type of aggregated discovery (one request for every group's resources).
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery (kubectl 1.32 does, with plain
+/// JSON as fallback).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|entry| {
+        let params: Vec<&str> = entry.split(';').map(str::trim).collect();
+        params.first() == Some(&"application/json")
+            && params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+fn aggregated_resource(r: &ResourceInfo) -> Value {
+    let mut entry = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs(),
+    });
+    if !r.short_names.is_empty() {
+        entry["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        entry["categories"] = json!(r.categories);
+    }
+    let subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| {
+            let (group, version, kind) = sub.foreign_kind().unwrap_or((r.group, r.version, r.kind));
+            json!({
+                "subresource": sub.name(),
+                "responseKind": {"group": group, "version": version, "kind": kind},
+                "verbs": sub.verbs(),
+            })
+        })
+        .collect();
+    if !subresources.is_empty() {
+        entry["subresources"] = json!(subresources);
+    }
+    entry
+}
+
+/// `APIGroupDiscoveryList` for `/api` (`core = true`) or `/apis`.
+pub fn aggregated(core: bool) -> Value {
+    let gvs: Vec<(&str, &str)> = if core { vec![("", "v1")] } else { groups() };
+    let items: Vec<Value> = gvs
+        .into_iter()
+        .map(|(group, version)| {
+            let resources: Vec<Value> = registry::REGISTRY
+                .iter()
+                .filter(|r| r.group == group && r.version == version)
+                .map(aggregated_resource)
+                .collect();
+            json!({
+                "metadata": {"name": group},
+                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+            })
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
 fn openapi_path_key(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
@@ -222,6 +295,42 @@ mod tests {
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["version"], "v1");
         assert_eq!(scale["kind"], "Scale");
+    }
+
+    #[test]
+    fn aggregated_discovery_lists_every_resource_once() {
+        let core = aggregated(true);
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        assert_eq!(pods["scope"], "Namespaced");
+        assert!(pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["subresource"] == "exec"));
+        let apps = aggregated(false);
+        let total: usize = apps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["versions"][0]["resources"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(
+            total
+                + core["items"][0]["versions"][0]["resources"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+            registry::REGISTRY.len()
+        );
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated("application/json"));
     }
 
     #[test]

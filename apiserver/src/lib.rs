@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -246,11 +246,11 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(health))
         .route(
             "/api",
-            get(|| async { json_value(StatusCode::OK, &discovery::api_versions()) }),
+            get(|headers: HeaderMap| async move { root_discovery(&headers, true) }),
         )
         .route(
             "/apis",
-            get(|| async { json_value(StatusCode::OK, &discovery::api_group_list()) }),
+            get(|headers: HeaderMap| async move { root_discovery(&headers, false) }),
         )
         .route(
             "/openapi/v3",
@@ -259,6 +259,29 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
         .with_state(state)
+}
+
+/// `/api` and `/apis`: aggregated discovery when the client asks for it (one round trip
+/// instead of one per group version), the classic documents otherwise.
+fn root_discovery(headers: &HeaderMap, core: bool) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if discovery::wants_aggregated(accept) {
+        let mut resp = json_value(StatusCode::OK, &discovery::aggregated(core));
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+        );
+        return resp;
+    }
+    let doc = if core {
+        discovery::api_versions()
+    } else {
+        discovery::api_group_list()
+    };
+    json_value(StatusCode::OK, &doc)
 }
 
 async fn health(State(state): State<Arc<ApiState>>) -> Response {

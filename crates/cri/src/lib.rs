@@ -14,6 +14,12 @@
 //! (Interface first: the implementations are filled in by the kubelet work items.)
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cni;
+pub mod containerd;
+pub mod fake;
+pub mod fake_network;
+pub mod image;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -127,7 +133,9 @@ pub struct ContainerConfig {
 pub enum ContainerState {
     /// Created, not started.
     Created,
-    Running { started_at: DateTime<Utc> },
+    Running {
+        started_at: DateTime<Utc>,
+    },
     Exited {
         started_at: Option<DateTime<Utc>>,
         finished_at: DateTime<Utc>,
@@ -153,8 +161,14 @@ pub struct ContainerInfo {
 /// Something happened to a container; the kubelet re-syncs the owning pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RuntimeEvent {
-    Exited { id: String, exit_code: i32, at: DateTime<Utc> },
-    OomKilled { id: String },
+    Exited {
+        id: String,
+        exit_code: i32,
+        at: DateTime<Utc>,
+    },
+    OomKilled {
+        id: String,
+    },
 }
 
 /// A process to run inside a running container.

@@ -1,7 +1,9 @@
 //! Helpers for tests and benchmarks that need real processes: free loopback ports and a
 //! private etcd started as a child process with its own data directory, stopped by PID.
 
+pub mod containerd;
 pub mod etcd;
+pub mod images;
 
 use std::net::TcpListener;
 

@@ -542,10 +542,12 @@ async fn check_namespace(state: &ApiState, namespace: &str) -> ApiResult<()> {
         .ok_or_else(|| ApiError::internal("namespaces not registered"))?;
     let key = ns_resource.key(None, namespace);
     let terminating = match state.cache.get(ns_resource, &key) {
+        // Deleting a namespace sets its phase to Terminating together with the
+        // deletionTimestamp; the selectable fields hold the phase, no JSON parse needed.
         Some(cached) => cached
-            .value()
-            .map(|v| objects::is_terminating(&v))
-            .unwrap_or(false),
+            .fields
+            .iter()
+            .any(|(f, v)| *f == "status.phase" && v == "Terminating"),
         // Not in the cache yet (created a moment ago?): ask storage, which is authoritative.
         None => match state
             .store

@@ -413,6 +413,58 @@ async fn namespace_must_exist_and_names_are_validated() {
 }
 
 #[tokio::test]
+async fn a_terminating_namespace_takes_no_new_objects() {
+    let h = Harness::new().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "doomed"}});
+    assert_eq!(
+        h.json("POST", "/api/v1/namespaces", &ns).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.json("POST", "/api/v1/namespaces/doomed/pods", &pod("before"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, marked) = h
+        .send(
+            "DELETE",
+            "/api/v1/namespaces/doomed",
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The namespace finalizer keeps it until the namespace controller has emptied it.
+    assert_eq!(marked["status"]["phase"], "Terminating");
+    let current = h.state.store.current_revision().await.unwrap();
+    h.state
+        .cache
+        .wait_for(Some(current), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (status, err) = h
+        .json("POST", "/api/v1/namespaces/doomed/pods", &pod("after"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(
+        err["message"],
+        "unable to create new content in namespace doomed because it is being terminated"
+    );
+    // Finalizing (what the namespace controller does last) removes it.
+    let mut fin = marked.clone();
+    fin["spec"]["finalizers"] = json!([]);
+    let (status, _) = h
+        .json("PUT", "/api/v1/namespaces/doomed/finalize", &fin)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.get("/api/v1/namespaces/doomed").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn generate_name_and_binding() {
     let h = Harness::new().await;
     let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});

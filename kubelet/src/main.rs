@@ -1,6 +1,180 @@
-//! Placeholder: rkubelet is not built yet (tracked in issue #4). It exists so the workspace has the
-//! requested layout and the architecture test can check dependency rules on it.
-fn main() -> std::process::ExitCode {
-    eprintln!("rkubelet: not implemented yet (tracked in issue #4)");
-    std::process::ExitCode::from(2)
+//! rkubelet: flags -> [`rkubelet::run`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
+use rkube_cri::fake::{FakeImageService, FakeRuntime};
+use rkube_cri::fake_network::FakeNetwork;
+use rkubelet::{KubeletConfig, NodeRuntime};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeKind {
+    /// containerd over its gRPC socket, pod networks through CNI plugins.
+    Containerd,
+    /// In-memory containers and addresses (simulated nodes; nothing touches the machine).
+    Fake,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "rkubelet", about = "The rkube node agent", version)]
+struct Args {
+    /// kubeconfig of the API server (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// API server URL (plain HTTP, e.g. http://127.0.0.1:6443); overrides --kubeconfig.
+    #[arg(long)]
+    server: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP (also each pod's hostIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: IpAddr,
+    /// This node's pod address range (also spec.podCIDR).
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_cidr: String,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Address of the kubelet's HTTP server (logs, exec, attach, healthz).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen: SocketAddr,
+    /// Node state: pod volumes, /etc/hosts files, container logs, CNI state.
+    #[arg(long, default_value = "/var/lib/rkubelet")]
+    root_dir: PathBuf,
+    /// Cluster DNS server written into pods' resolv.conf (repeatable).
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Seconds between node Lease renewals.
+    #[arg(long, default_value_t = 10.0)]
+    lease_renew_interval: f64,
+    /// Seconds before a crashed container is restarted the second time (doubles after that).
+    #[arg(long, default_value_t = 10.0)]
+    backoff_initial: f64,
+    /// Upper bound in seconds of the crash-loop and image-pull backoff.
+    #[arg(long, default_value_t = 300.0)]
+    backoff_max: f64,
+    /// Import every *.tar in this directory into the image store at startup.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "containerd")]
+    runtime: RuntimeKind,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_address: PathBuf,
+    /// containerd namespace of this node's containers and images.
+    #[arg(long, default_value = "rkube")]
+    containerd_namespace: String,
+    /// Directory of the CNI plugin binaries.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// Simulated nodes in this process (only with --runtime=fake): <node-name>-0..N-1.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag} must be a non-negative number of seconds"))
+}
+
+async fn client(args: &Args) -> anyhow::Result<kube::Client> {
+    let config = if let Some(server) = &args.server {
+        kube::Config::new(server.parse().context("parsing --server")?)
+    } else if let Some(path) = &args.kubeconfig {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(path).context("reading --kubeconfig")?;
+        kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?
+    } else {
+        kube::Config::infer().await?
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn runtimes(args: &Args) -> anyhow::Result<Vec<NodeRuntime>> {
+    match args.runtime {
+        RuntimeKind::Fake => (0..args.nodes.max(1))
+            .map(|_| {
+                Ok(NodeRuntime {
+                    runtime: Arc::new(FakeRuntime::new()),
+                    images: Arc::new(FakeImageService::new()),
+                    network: Arc::new(FakeNetwork::new(&args.pod_cidr)?),
+                    version: "fake://0.1.0".to_string(),
+                })
+            })
+            .collect(),
+        RuntimeKind::Containerd => {
+            anyhow::ensure!(args.nodes <= 1, "--nodes needs --runtime=fake");
+            let mut config =
+                ContainerdConfig::new(&args.containerd_address, args.root_dir.join("containerd"));
+            config.namespace = args.containerd_namespace.clone();
+            let runtime = ContainerdRuntime::connect(&config)
+                .await
+                .context("connecting to containerd")?;
+            let images = ContainerdImageService::connect(&config)
+                .await
+                .context("connecting to containerd")?;
+            let mut cni = rkube_cri::cni::CniConfig::new(&args.pod_cidr, args.root_dir.join("cni"));
+            cni.plugin_dir = args.cni_bin_dir.clone();
+            let network = rkube_cri::cni::CniNetwork::new(cni).context("configuring CNI")?;
+            Ok(vec![NodeRuntime {
+                runtime: Arc::new(runtime),
+                images: Arc::new(images),
+                network: Arc::new(network),
+                version: "containerd://1.6".to_string(),
+            }])
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let node_name = args.node_name.clone().unwrap_or_else(rkubelet::hostname);
+    let client = client(&args).await?;
+    let runtimes = runtimes(&args).await?;
+    let Some(first) = runtimes.first().cloned() else {
+        anyhow::bail!("no runtime configured");
+    };
+    let mut config = KubeletConfig::new(client, &node_name, args.root_dir.clone(), first);
+    config.runtimes = runtimes;
+    config.node_ip = args.node_ip;
+    config.pod_cidr = Some(args.pod_cidr.clone());
+    config.max_pods = args.max_pods;
+    config.cluster_dns = args.cluster_dns.clone();
+    config.cluster_domain = args.cluster_domain.clone();
+    config.lease_renew_interval = seconds(args.lease_renew_interval, "lease-renew-interval")?;
+    config.backoff_initial = seconds(args.backoff_initial, "backoff-initial")?;
+    config.backoff_max = seconds(args.backoff_max, "backoff-max")?;
+    config.image_dir = args.image_dir.clone();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(node = %node_name, listen = %args.listen, "rkubelet starting");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    rkubelet::run(config, listener, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,192 @@
+//! Image pull policy and registry credentials from imagePullSecrets.
+
+use k8s_openapi::api::core::v1::{Container, Secret};
+use rkube_cri::RegistryAuth;
+
+/// The effective pull policy: the container's, else upstream's default (Always for
+/// `:latest` or untagged references, IfNotPresent otherwise).
+pub fn pull_policy(container: &Container) -> String {
+    if let Some(p) = container
+        .image_pull_policy
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        return p.to_string();
+    }
+    let image = container.image.as_deref().unwrap_or("");
+    if image.contains('@') {
+        return "IfNotPresent".to_string();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always".to_string(),
+        Some(_) => "IfNotPresent".to_string(),
+    }
+}
+
+/// The registry host of an image reference, as docker normalises it.
+pub fn registry_host(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
+        _ => "docker.io".to_string(),
+    }
+}
+
+fn normalise_registry_key(key: &str) -> String {
+    let without_scheme = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = without_scheme.split('/').next().unwrap_or(without_scheme);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut buffer = 0u32;
+    let mut bits = 0u32;
+    for byte in input.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' | b'\n' | b'\r' => continue,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Credentials for `image` from the pod's pull secrets (`kubernetes.io/dockerconfigjson`
+/// or the older `kubernetes.io/dockercfg`), the first matching registry wins.
+pub fn auth_for(image: &str, secrets: &[Secret]) -> Option<RegistryAuth> {
+    let wanted = registry_host(image);
+    for secret in secrets {
+        let Some(data) = secret.data.as_ref() else {
+            continue;
+        };
+        let (config, nested) = if let Some(v) = data.get(".dockerconfigjson") {
+            (v, true)
+        } else if let Some(v) = data.get(".dockercfg") {
+            (v, false)
+        } else {
+            continue;
+        };
+        let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&config.0) else {
+            continue;
+        };
+        let auths = if nested { &parsed["auths"] } else { &parsed };
+        let Some(auths) = auths.as_object() else {
+            continue;
+        };
+        for (key, entry) in auths {
+            if normalise_registry_key(key) != wanted {
+                continue;
+            }
+            let username = entry["username"].as_str().unwrap_or("").to_string();
+            let password = entry["password"].as_str().unwrap_or("").to_string();
+            if !username.is_empty() {
+                return Some(RegistryAuth { username, password });
+            }
+            let decoded = entry["auth"]
+                .as_str()
+                .and_then(base64_decode)
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            if let Some((username, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+                return Some(RegistryAuth {
+                    username: username.to_string(),
+                    password: password.to_string(),
+                });
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn container(image: &str, policy: Option<&str>) -> Container {
+        Container {
+            name: "c".into(),
+            image: Some(image.into()),
+            image_pull_policy: policy.map(str::to_string),
+            ..Container::default()
+        }
+    }
+
+    #[test]
+    fn default_pull_policy_depends_on_tag() {
+        assert_eq!(pull_policy(&container("busybox", None)), "Always");
+        assert_eq!(pull_policy(&container("busybox:latest", None)), "Always");
+        assert_eq!(
+            pull_policy(&container("busybox:1.36", None)),
+            "IfNotPresent"
+        );
+        assert_eq!(
+            pull_policy(&container("localhost:5000/busybox", None)),
+            "Always"
+        );
+        assert_eq!(
+            pull_policy(&container("localhost:5000/busybox:v1", None)),
+            "IfNotPresent"
+        );
+        assert_eq!(pull_policy(&container("busybox", Some("Never"))), "Never");
+    }
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(registry_host("busybox"), "docker.io");
+        assert_eq!(registry_host("library/busybox:1"), "docker.io");
+        assert_eq!(registry_host("127.0.0.1:5000/x/y:z"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/x"), "localhost");
+    }
+
+    #[test]
+    fn credentials_come_from_matching_dockerconfigjson() {
+        let secret = |config: serde_json::Value| Secret {
+            data: Some(
+                [(
+                    ".dockerconfigjson".to_string(),
+                    ByteString(config.to_string().into_bytes()),
+                )]
+                .into(),
+            ),
+            ..Secret::default()
+        };
+        // "alice:s3cret" in base64.
+        let secrets = vec![
+            secret(json!({"auths": {"other.example:5000": {"username": "x", "password": "y"}}})),
+            secret(json!({"auths": {"http://127.0.0.1:5000/v2/": {"auth": "YWxpY2U6czNjcmV0"}}})),
+            secret(
+                json!({"auths": {"https://index.docker.io/v1/": {"username": "bob", "password": "pw"}}}),
+            ),
+        ];
+        assert_eq!(
+            auth_for("127.0.0.1:5000/app:1", &secrets),
+            Some(RegistryAuth {
+                username: "alice".into(),
+                password: "s3cret".into()
+            })
+        );
+        assert_eq!(auth_for("busybox", &secrets).unwrap().username, "bob");
+        assert_eq!(auth_for("quay.io/x", &secrets), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! The kubelet's HTTP server: health, container logs, exec and attach.
+//!
+//! The API server proxies `pods/log`, `pods/exec` and `pods/attach` here at the connection
+//! level, so these endpoints speak to kubectl end to end:
+//!
+//! - `GET /healthz`
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` (or without the last segment and
+//!   `?container=`): plain text, streamed while following. See [`logs`] for how the two
+//!   output files are combined and where timestamps come from.
+//! - `GET /exec/{namespace}/{pod}/{container}?command=..` and `GET /attach/...`: WebSocket
+//!   upgrade speaking the Kubernetes channel protocols (`v5.channel.k8s.io`,
+//!   `v4.channel.k8s.io`, `channel.k8s.io`). See [`stream`].
+//!
+//! What the server needs from the kubelet is the [`KubeletApi`] trait (defined with the
+//! kubelet core in `crate::api`, re-exported here). Lookup failures answer 404/400 with a
+//! `metav1.Status` body before any upgrade, so clients see upstream-shaped errors.
+
+mod logs;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+pub use crate::api::{KubeletApi, LookupError};
+
+/// Why a request could not be served; answered as a `metav1.Status` with the matching code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The pod or container is not known here (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The parameters are invalid or ask for something impossible (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The kubelet or runtime failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<LookupError> for RequestError {
+    fn from(err: LookupError) -> Self {
+        match err {
+            LookupError::NotFound(message) => RequestError::NotFound(message),
+            LookupError::BadRequest(message) => RequestError::BadRequest(message),
+        }
+    }
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            RequestError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            RequestError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        let status = Status {
+            kind: Some("Status"),
+            api_version: Some("v1"),
+            metadata: EmptyMeta {},
+            status: "Failure",
+            message: Some(self.to_string()),
+            reason: Some(reason.to_string()),
+            details: None,
+            code: Some(code.as_u16()),
+        };
+        let body = serde_json::to_vec(&status).unwrap_or_default();
+        (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+/// `metav1.Status`, with fields in upstream's order so bodies read like upstream's.
+#[derive(Debug, Serialize)]
+pub(crate) struct Status {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(rename = "apiVersion", skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<&'static str>,
+    pub metadata: EmptyMeta,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<StatusDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EmptyMeta {}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusDetails {
+    pub causes: Vec<StatusCause>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusCause {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub message: String,
+}
+
+/// The kubelet's HTTP API. Serve it with `axum::serve` (WebSocket upgrades need a real
+/// connection; `oneshot` works for everything else).
+pub fn router(api: Arc<dyn KubeletApi>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/containerLogs/{namespace}/{pod}",
+            get(logs_default_container),
+        )
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(logs_named_container),
+        )
+        .route("/exec/{namespace}/{pod}", get(exec_default_container))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(exec_named_container),
+        )
+        .route("/attach/{namespace}/{pod}", get(attach_default_container))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach_named_container),
+        )
+        .with_state(api)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Query parameters in order, repeated keys kept (`command` repeats).
+type RawQuery = Query<Vec<(String, String)>>;
+
+/// The container named in the path, else `?container=`, else none (the pod's only one).
+fn container_from(path_container: Option<String>, query: &[(String, String)]) -> Option<String> {
+    path_container.or_else(|| query_value(query, "container").map(str::to_string))
+}
+
+pub(crate) fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Upstream's query boolean: absent, "false" or "0" is false; anything else (even empty)
+/// is true. kubectl sends `true`, the API server's own redirects send `1`.
+pub(crate) fn query_flag(query: &[(String, String)], key: &str) -> bool {
+    match query_value(query, key) {
+        None => false,
+        Some(value) => !(value.eq_ignore_ascii_case("false") || value == "0"),
+    }
+}
+
+async fn logs_default_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    Query(query): RawQuery,
+) -> Response {
+    let container = container_from(None, &query);
+    logs::serve(api, namespace, pod, container, query).await
+}
+
+async fn logs_named_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): RawQuery,
+) -> Response {
+    logs::serve(api, namespace, pod, Some(container), query).await
+}
+
+async fn exec_default_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    Query(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let container = container_from(None, &query);
+    stream::serve(
+        stream::Kind::Exec,
+        api,
+        namespace,
+        pod,
+        container,
+        query,
+        upgrade,
+    )
+    .await
+}
+
+async fn exec_named_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    stream::serve(
+        stream::Kind::Exec,
+        api,
+        namespace,
+        pod,
+        Some(container),
+        query,
+        upgrade,
+    )
+    .await
+}
+
+async fn attach_default_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    Query(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let container = container_from(None, &query);
+    stream::serve(
+        stream::Kind::Attach,
+        api,
+        namespace,
+        pod,
+        container,
+        query,
+        upgrade,
+    )
+    .await
+}
+
+async fn attach_named_container(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    stream::serve(
+        stream::Kind::Attach,
+        api,
+        namespace,
+        pod,
+        Some(container),
+        query,
+        upgrade,
+    )
+    .await
+}
+
+/// Go's RFC3339Nano: nanoseconds with trailing zeros trimmed, `Z` for UTC.
+pub(crate) fn rfc3339_nano(at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    let seconds = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = at.nanosecond() % 1_000_000_000;
+    if nanos == 0 {
+        return format!("{seconds}Z");
+    }
+    let fraction = format!("{nanos:09}");
+    format!("{seconds}.{}Z", fraction.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn rfc3339_nano_trims_trailing_zeros_like_go() {
+        let base = chrono::Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
+        assert_eq!(rfc3339_nano(base), "2024-05-06T07:08:09Z");
+        let with_millis = base + chrono::Duration::milliseconds(120);
+        assert_eq!(rfc3339_nano(with_millis), "2024-05-06T07:08:09.12Z");
+        let with_nanos = base + chrono::Duration::nanoseconds(1);
+        assert_eq!(rfc3339_nano(with_nanos), "2024-05-06T07:08:09.000000001Z");
+    }
+
+    #[test]
+    fn query_flags_follow_upstream_conversion() {
+        let query: Vec<(String, String)> = [("a", "true"), ("b", "0"), ("c", ""), ("d", "FALSE")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(query_flag(&query, "a"));
+        assert!(!query_flag(&query, "b"));
+        assert!(query_flag(&query, "c"));
+        assert!(!query_flag(&query, "d"));
+        assert!(!query_flag(&query, "missing"));
+    }
+
+    #[test]
+    fn error_status_body_is_upstream_shaped() {
+        let response = RequestError::NotFound("pods \"x\" not found".into()).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+}

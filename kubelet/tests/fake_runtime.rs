@@ -1,0 +1,697 @@
+//! The kubelet against an in-process API server with the fake runtime, images and network
+//! from rkube-cri: node registration, pods going Running/Ready, crash loops with growing
+//! backoff, configuration errors, pull failures, and the deletion flow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::Client;
+use rkube_cri::fake::{ExecOutcome, FakeImageService, FakeRuntime};
+use rkube_cri::fake_network::FakeNetwork;
+use rkube_cri::{labels, ContainerRuntime, ContainerState, PodNetwork};
+use rkubelet::{KubeletConfig, NodeRuntime};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const NODE: &str = "node-under-test";
+
+struct Harness {
+    client: Client,
+    runtime: FakeRuntime,
+    images: FakeImageService,
+    network: Arc<FakeNetwork>,
+    kubelet_port: u16,
+    stop_kubelet: Option<oneshot::Sender<()>>,
+    kubelet: Option<tokio::task::JoinHandle<Result<(), rkubelet::KubeletError>>>,
+    stop_server: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
+            data_dir: dir.path().join("store"),
+        });
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        tokio::spawn(rkube_apiserver::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        while namespaces.get("kube-node-lease").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let runtime = FakeRuntime::new();
+        let images = FakeImageService::new();
+        images.add_image("busybox:1.36").unwrap();
+        let network = Arc::new(FakeNetwork::new("10.244.7.0/24").unwrap());
+        let node_runtime = NodeRuntime {
+            runtime: Arc::new(runtime.clone()),
+            images: Arc::new(images.clone()),
+            network: network.clone(),
+            version: "fake://0.1.0".into(),
+        };
+        let mut config = KubeletConfig::new(
+            client.clone(),
+            NODE,
+            dir.path().join("kubelet"),
+            node_runtime,
+        );
+        config.pod_cidr = Some("10.244.7.0/24".into());
+        config.lease_renew_interval = Duration::from_millis(500);
+        config.backoff_initial = Duration::from_secs(1);
+        config.backoff_max = Duration::from_secs(8);
+        config.resync_interval = Duration::from_secs(2);
+        let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let kubelet_port = kubelet_listener.local_addr().unwrap().port();
+        let (stop_kubelet, stop) = oneshot::channel::<()>();
+        let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
+            let _ = stop.await;
+        }));
+        Harness {
+            client,
+            runtime,
+            images,
+            network,
+            kubelet_port,
+            stop_kubelet: Some(stop_kubelet),
+            kubelet: Some(kubelet),
+            stop_server: Some(stop_server),
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop_kubelet.take() {
+            let _ = stop.send(());
+        }
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.await.unwrap().unwrap();
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn create_pod(&self, pod: Value) -> Pod {
+        let mut pod = pod;
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        pod["spec"]["nodeName"] = json!(NODE);
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap()
+    }
+
+    /// Polls the pod until `check` accepts its status (as JSON); fails after a minute.
+    async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pod = self.pods().get_opt(name).await.unwrap();
+            let status = pod
+                .map(|p| serde_json::to_value(p.status).unwrap())
+                .unwrap_or(Value::Null);
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pod {name} never got {what}; last status: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn containers_of(&self, pod_uid: &str) -> Vec<rkube_cri::ContainerInfo> {
+        self.runtime
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.labels.get(labels::POD_UID).map(String::as_str) == Some(pod_uid))
+            .collect()
+    }
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn is_true(status: &Value, kind: &str) -> bool {
+    condition(status, kind).is_some_and(|c| c["status"] == "True")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
+    let h = Harness::start().await;
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        if let Some(node) = nodes.get_opt(NODE).await.unwrap() {
+            let v = serde_json::to_value(&node).unwrap();
+            if condition(&v["status"], "Ready").is_some_and(|c| c["status"] == "True") {
+                break v;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node never became Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+        h.kubelet_port
+    );
+    assert_eq!(
+        condition(&node["status"], "Ready").unwrap()["reason"],
+        "KubeletReady"
+    );
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], NODE);
+    assert_eq!(node["spec"]["podCIDR"], "10.244.7.0/24");
+    assert_eq!(node["status"]["allocatable"]["pods"], "110");
+    assert_eq!(
+        node["status"]["nodeInfo"]["kubeletVersion"],
+        "v1.32.0-rkube"
+    );
+    assert!(node["status"]["capacity"]["memory"]
+        .as_str()
+        .unwrap()
+        .ends_with("Ki"));
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), "kube-node-lease");
+    let lease = leases.get(NODE).await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(NODE));
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "site"}, "data": {"index.html": "hello"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"password": "hunter2"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // Readiness probes run through exec; the first ones fail, later ones pass.
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = attempts.clone();
+    h.runtime.set_exec_handler(move |_, config| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ExecOutcome {
+            exit_code: if config.command == ["ready"] && n >= 2 {
+                0
+            } else {
+                1
+            },
+            ..ExecOutcome::default()
+        }
+    });
+    let pod = h
+        .create_pod(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "busybox:1.36", "command": ["true"]}],
+                "containers": [{
+                    "name": "httpd", "image": "busybox:1.36",
+                    "command": ["httpd", "-f", "-p", "$(PORT)"],
+                    "env": [
+                        {"name": "PORT", "value": "8080"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}
+                    ],
+                    "volumeMounts": [{"name": "site", "mountPath": "/www"}],
+                    "readinessProbe": {"exec": {"command": ["ready"]}, "periodSeconds": 1}
+                }],
+                "volumes": [{"name": "site", "configMap": {"name": "site"}}]
+            }
+        }))
+        .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    // The init container must finish before the main container starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let init_id = loop {
+        let init = h
+            .containers_of(&uid)
+            .await
+            .into_iter()
+            .find(|c| c.labels[labels::CONTAINER_NAME] == "setup");
+        if let Some(init) = init {
+            assert_eq!(
+                h.containers_of(&uid).await.len(),
+                1,
+                "main container started before init finished"
+            );
+            break init.id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "init container never created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let waiting = h
+        .wait_for("web", "Init:0/1", |s| {
+            s["initContainerStatuses"][0]["state"]["running"].is_object()
+        })
+        .await;
+    assert_eq!(waiting["phase"], "Pending");
+    assert_eq!(
+        waiting["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    h.runtime.exit(&init_id, 0).unwrap();
+
+    let status = h
+        .wait_for("web", "Running and Ready", |s| {
+            s["phase"] == "Running" && is_true(s, "Ready")
+        })
+        .await;
+    assert!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "Ready only after the probe passed"
+    );
+    let pod_ip = status["podIP"].as_str().unwrap().to_string();
+    assert!(pod_ip.starts_with("10.244.7."), "{pod_ip}");
+    assert_eq!(status["hostIP"], "127.0.0.1");
+    assert!(
+        is_true(&status, "Initialized")
+            && is_true(&status, "ContainersReady")
+            && is_true(&status, "PodScheduled")
+    );
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let main = &status["containerStatuses"][0];
+    assert_eq!(main["ready"], true);
+    assert_eq!(main["started"], true);
+    assert_eq!(main["restartCount"], 0);
+    let id = main["containerID"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("containerd://")
+        .unwrap()
+        .to_string();
+    let spec = serde_json::to_value(&h.runtime.config(&id).unwrap().spec).unwrap();
+    assert_eq!(
+        spec["process"]["args"],
+        json!(["httpd", "-f", "-p", "8080"])
+    );
+    let env: Vec<&str> = spec["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"POD_NAME=web"));
+    assert!(env.contains(&"PASSWORD=hunter2"));
+    assert!(env.contains(&format!("POD_IP={pod_ip}").as_str()));
+    let www = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/www")
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("{}/index.html", www["source"].as_str().unwrap())).unwrap(),
+        "hello"
+    );
+    let resolv = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/etc/resolv.conf")
+        .unwrap();
+    let resolv = std::fs::read_to_string(resolv["source"].as_str().unwrap()).unwrap();
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert_eq!(
+        spec["linux"]["cgroupsPath"],
+        format!("/rkube/pod{uid}/{id}")
+    );
+
+    // A changed ConfigMap shows up in the volume.
+    let mut site = config_maps.get("site").await.unwrap();
+    site.data = Some([("index.html".to_string(), "updated".to_string())].into());
+    config_maps
+        .replace("site", &PostParams::default(), &site)
+        .await
+        .unwrap();
+    let index = format!("{}/index.html", www["source"].as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&index).unwrap() != "updated" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ConfigMap volume never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The kubelet's HTTP server answers for this pod.
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", h.kubelet_port))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
+    let h = Harness::start().await;
+    let pod = h
+        .create_pod(json!({
+            "metadata": {"name": "crasher"},
+            "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "app", "image": "busybox:1.36", "command": ["false"]}]}
+        }))
+        .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let mut backoffs: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while backoffs.len() < 3 {
+        for c in h.containers_of(&uid).await {
+            if matches!(c.state, ContainerState::Running { .. }) {
+                h.runtime.exit(&c.id, 1).unwrap();
+            }
+        }
+        let status = h
+            .pods()
+            .get("crasher")
+            .await
+            .unwrap()
+            .status
+            .map(|s| serde_json::to_value(s).unwrap())
+            .unwrap_or_default();
+        let app = &status["containerStatuses"][0];
+        if app["state"]["waiting"]["reason"] == "CrashLoopBackOff" {
+            let message = app["state"]["waiting"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                message.contains("restarting failed container=app pod=crasher_default("),
+                "{message}"
+            );
+            assert_eq!(app["lastState"]["terminated"]["exitCode"], 1);
+            assert_eq!(app["lastState"]["terminated"]["reason"], "Error");
+            assert_eq!(status["phase"], "Running");
+            if backoffs.last() != Some(&message) {
+                backoffs.push(message);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saw only {backoffs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(backoffs[0].starts_with("back-off 1s"), "{backoffs:?}");
+    assert!(backoffs[1].starts_with("back-off 2s"), "{backoffs:?}");
+    assert!(backoffs[2].starts_with("back-off 4s"), "{backoffs:?}");
+    let restarts = h
+        .pods()
+        .get("crasher")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()[0]
+        .restart_count;
+    assert!(restarts >= 3, "restartCount {restarts}");
+    // At most the current and the previous instance are kept.
+    assert!(h.containers_of(&uid).await.len() <= 2);
+
+    // Let it run, then delete it: SIGTERM stops it, and the kubelet removes the pod.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !h
+        .containers_of(&uid)
+        .await
+        .iter()
+        .any(|c| matches!(c.state, ContainerState::Running { .. }))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.network.allocated(), 1);
+    h.pods()
+        .delete("crasher", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.pods().get_opt("crasher").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.containers_of(&uid).await.is_empty(),
+        "containers left behind"
+    );
+    assert_eq!(h.network.status(&uid).await.unwrap(), None);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_specs_give_clear_waiting_reasons() {
+    let h = Harness::start().await;
+    h.images.set_registry(&["busybox:1.36"]).unwrap();
+    h.create_pod(json!({
+        "metadata": {"name": "no-config"},
+        "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sh"],
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "k"}}}]}]}
+    }))
+    .await;
+    h.create_pod(json!({
+        "metadata": {"name": "no-image"},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/nothing:1", "imagePullPolicy": "Always"}]}
+    }))
+    .await;
+    h.create_pod(json!({
+        "metadata": {"name": "never"},
+        "spec": {"containers": [{"name": "app", "image": "absent:2", "imagePullPolicy": "Never"}]}
+    }))
+    .await;
+    let waiting =
+        |s: &Value, reason: &str| s["containerStatuses"][0]["state"]["waiting"]["reason"] == reason;
+    let status = h
+        .wait_for("no-config", "CreateContainerConfigError", |s| {
+            waiting(s, "CreateContainerConfigError")
+        })
+        .await;
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["message"],
+        "configmap \"missing\" not found"
+    );
+    assert_eq!(status["phase"], "Pending");
+    let status = h
+        .wait_for("no-image", "ImagePullBackOff", |s| {
+            waiting(s, "ImagePullBackOff")
+        })
+        .await;
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["message"],
+        "Back-off pulling image \"example.invalid/nothing:1\""
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(h.client.clone(), "default");
+    let failed: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some("no-image")
+                && e.reason.as_deref() == Some("Failed")
+        })
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|m| m.starts_with("Failed to pull image \"example.invalid/nothing:1\"")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|m| m == "Error: ErrImagePull"),
+        "{failed:?}"
+    );
+    let status = h
+        .wait_for("never", "ErrImageNeverPull", |s| {
+            waiting(s, "ErrImageNeverPull")
+        })
+        .await;
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["message"],
+        "Container image \"absent:2\" is not present with pull policy of Never"
+    );
+
+    // Creating the missing ConfigMap lets the first pod start.
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "missing"}, "data": {"k": "v"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    h.wait_for("no-config", "Running", |s| s["phase"] == "Running")
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
+    let h = Harness::start().await;
+    let job = h
+        .create_pod(json!({
+            "metadata": {"name": "job"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox:1.36", "command": ["false"]}]}
+        }))
+        .await;
+    let uid = job.metadata.uid.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = h
+            .containers_of(&uid)
+            .await
+            .into_iter()
+            .find(|c| matches!(c.state, ContainerState::Running { .. }))
+        {
+            h.runtime.exit(&c.id, 3).unwrap();
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = h
+        .wait_for("job", "Failed", |s| s["phase"] == "Failed")
+        .await;
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["reason"],
+        "PodCompleted"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.containers_of(&uid).await.len(),
+        1,
+        "restartPolicy Never must not restart"
+    );
+
+    h.create_pod(json!({"metadata": {"name": "long"}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sleep"]}]}})).await;
+    let before = h
+        .wait_for("long", "Running", |s| {
+            s["phase"] == "Running" && is_true(s, "Ready")
+        })
+        .await;
+    let id_before = before["containerStatuses"][0]["containerID"].clone();
+
+    // A new kubelet on the same runtime adopts the running container.
+    let Harness {
+        client,
+        runtime,
+        images,
+        network,
+        stop_kubelet,
+        kubelet,
+        stop_server,
+        _dir,
+        ..
+    } = h;
+    let _ = stop_kubelet.unwrap().send(());
+    kubelet.unwrap().await.unwrap().unwrap();
+    let node_runtime = NodeRuntime {
+        runtime: Arc::new(runtime.clone()),
+        images: Arc::new(images.clone()),
+        network: network.clone(),
+        version: "fake://0.1.0".into(),
+    };
+    let config = KubeletConfig::new(
+        client.clone(),
+        NODE,
+        _dir.path().join("kubelet"),
+        node_runtime,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kubelet_port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(rkubelet::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let h = Harness {
+        client,
+        runtime,
+        images,
+        network,
+        kubelet_port,
+        stop_kubelet: Some(stop_tx),
+        kubelet: Some(task),
+        stop_server,
+        _dir,
+    };
+    // The new kubelet reports the node with its new port, then the same container.
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = serde_json::to_value(nodes.get(NODE).await.unwrap()).unwrap();
+        if node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == h.kubelet_port {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new kubelet never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = h
+        .wait_for("long", "Running", |s| s["phase"] == "Running")
+        .await;
+    assert_eq!(after["containerStatuses"][0]["containerID"], id_before);
+    assert_eq!(after["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(after["podIP"], before["podIP"]);
+    let running = h.containers_of(&uid).await;
+    assert_eq!(
+        running.len(),
+        1,
+        "the finished job's container is kept, not restarted"
+    );
+    h.stop().await;
+}

@@ -74,6 +74,18 @@ struct Args {
     /// Directory of the CNI plugin binaries.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// The Linux bridge pods are attached to (at most 15 characters).
+    #[arg(long, default_value = "rkube0")]
+    cni_bridge: String,
+    /// The CNI network name (host-local's reservations and the plugins' iptables comments).
+    #[arg(long, default_value = "rkube")]
+    cni_network_name: String,
+    /// iptables filter chain with the ACCEPT rules for the pod CIDR, jumped to from FORWARD.
+    #[arg(long, default_value = "RKUBE-FORWARD")]
+    cni_forward_chain: String,
+    /// Where pod network namespaces are bind-mounted.
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
     /// Simulated nodes in this process (only with --runtime=fake): <node-name>-0..N-1.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
@@ -126,6 +138,10 @@ async fn runtimes(args: &Args) -> anyhow::Result<Vec<NodeRuntime>> {
                 .context("connecting to containerd")?;
             let mut cni = rkube_cri::cni::CniConfig::new(&args.pod_cidr, args.root_dir.join("cni"));
             cni.plugin_dir = args.cni_bin_dir.clone();
+            cni.bridge_name = args.cni_bridge.clone();
+            cni.network_name = args.cni_network_name.clone();
+            cni.forward_chain = args.cni_forward_chain.clone();
+            cni.netns_dir = args.netns_dir.clone();
             let network = rkube_cri::cni::CniNetwork::new(cni).context("configuring CNI")?;
             Ok(vec![NodeRuntime {
                 runtime: Arc::new(runtime),

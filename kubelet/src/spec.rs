@@ -393,7 +393,7 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec, Spec
             {"type": "mount"},
             {"type": "network", "path": netns_path.to_string_lossy()},
         ],
-        "cgroupsPath": format!("/rkube/pod{pod_uid}/{container_id}"),
+        "cgroupsPath": format!("/{}/{container_id}", pod_cgroup(pod_uid)),
         "resources": linux_resources(container, privileged),
     });
     if !privileged {
@@ -427,6 +427,35 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<oci_spec::runtime::Spec, Spec
     });
     serde_json::from_value(spec)
         .map_err(|e| SpecError::Create(format!("failed to generate container spec: {e}")))
+}
+
+/// The pod's parent cgroup, relative to a hierarchy's root. runc creates it with the
+/// pod's first container and never removes it, so the kubelet does ([`remove_pod_cgroups`]).
+pub fn pod_cgroup(pod_uid: &str) -> String {
+    format!("rkube/pod{pod_uid}")
+}
+
+/// Removes the pod's cgroup, empty once its containers are removed, from every hierarchy
+/// (cgroup v2 at `/sys/fs/cgroup`, v1 one per controller below it). rmdir refuses a cgroup
+/// that still has processes or children, so this never takes one from a live container.
+pub fn remove_pod_cgroups(pod_uid: &str) {
+    // Pod UIDs are server-generated; anything else must not become a path.
+    if pod_uid.is_empty()
+        || !pod_uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return;
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let relative = pod_cgroup(pod_uid);
+    let mut dirs = vec![root.join(&relative)];
+    if let Ok(hierarchies) = std::fs::read_dir(root) {
+        dirs.extend(hierarchies.flatten().map(|h| h.path().join(&relative)));
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 #[cfg(test)]

@@ -1036,6 +1036,7 @@ impl PodWorker {
             tracing::warn!(uid = %self.uid, error = %e, "tearing down pod network failed");
         }
         self.network = None;
+        crate::spec::remove_pod_cgroups(&self.uid);
         let _ = std::fs::remove_dir_all(self.node.pod_dir(&self.uid));
     }
 }

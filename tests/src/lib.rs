@@ -15,6 +15,8 @@ use anyhow::{bail, Context};
 use rkube_apiserver::{Config, StorageConfig};
 use tokio::sync::oneshot;
 
+pub mod cluster;
+
 pub use rkube_testkit::etcd::EtcdProcess;
 pub use rkube_testkit::free_port;
 

@@ -5,18 +5,25 @@
 //!   `kube-system/rkube-controller-manager`, and while leading runs the selected
 //!   controllers; losing the lease stops them, regaining it starts them afresh.
 //! - one module per controller (`replicaset`, `deployment`, `garbagecollector`,
-//!   `namespace`), each built the same way: informers (rkube-runtime) map changes to keys
+//!   `namespace`, `nodelifecycle`, `endpoints`, `endpointslice`, `daemonset`, `job`,
+//!   `statefulset`), each built the same way: informers (rkube-runtime) map changes to keys
 //!   on a work queue, workers reconcile one key at a time from the caches.
 //! - `util`: selectors, owner references, pod readiness, int-or-percent.
 //!
 //! Controllers never talk to storage; everything goes through the API server.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
 pub mod util;
 
 use std::future::Future;
@@ -28,7 +35,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use rkube_runtime::{run_elected, ControllerSelection, LeaderElectionConfig};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::Store;
+use kube::runtime::{watcher, WatchStreamExt};
+use rkube_runtime::{run_elected, Change, ControllerSelection, LeaderElectionConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -39,12 +51,12 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     deployment::NAME,
     garbagecollector::NAME,
     namespace::NAME,
-    "nodelifecycle",
-    "endpoints",
-    "endpointslice",
-    "daemonset",
-    "job",
-    "statefulset",
+    nodelifecycle::NAME,
+    endpoints::NAME,
+    endpointslice::NAME,
+    daemonset::NAME,
+    job::NAME,
+    statefulset::NAME,
 ];
 
 /// Where the API server is.
@@ -81,18 +93,27 @@ impl Default for LeaderElectionSettings {
     }
 }
 
-/// Node lifecycle timings (upstream flag names); reserved for the node lifecycle controller.
+/// Node lifecycle timings (upstream flag names).
 #[derive(Clone, Debug)]
 pub struct NodeLifecycleSettings {
+    /// A node whose lease has not been renewed for this long is marked unreachable.
     pub node_monitor_grace_period: Duration,
+    /// How often every node's health is re-checked.
+    pub node_monitor_period: Duration,
+    /// tolerationSeconds assumed for pods without a toleration of the unreachable taint
+    /// (upstream's DefaultTolerationSeconds admission plugin adds it; we apply it here).
     pub default_unreachable_toleration_seconds: i64,
+    /// The same for the not-ready taint.
+    pub default_not_ready_toleration_seconds: i64,
 }
 
 impl Default for NodeLifecycleSettings {
     fn default() -> Self {
         NodeLifecycleSettings {
             node_monitor_grace_period: Duration::from_secs(50),
+            node_monitor_period: Duration::from_secs(5),
             default_unreachable_toleration_seconds: 300,
+            default_not_ready_toleration_seconds: 300,
         }
     }
 }
@@ -110,6 +131,8 @@ pub struct Config {
     /// How often the namespace controller re-checks a namespace whose content is still
     /// being deleted.
     pub namespace_resync: Duration,
+    /// First delay before a Job replaces a failed pod; doubles per failure (upstream: 10 s).
+    pub job_backoff_base: Duration,
 }
 
 impl Config {
@@ -123,6 +146,7 @@ impl Config {
             workers: 5,
             node_lifecycle: NodeLifecycleSettings::default(),
             namespace_resync: Duration::from_secs(2),
+            job_backoff_base: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +185,8 @@ pub struct Shared {
     pub identity: String,
     pub workers: usize,
     pub namespace_resync: Duration,
+    pub node_lifecycle: NodeLifecycleSettings,
+    pub job_backoff_base: Duration,
 }
 
 pub async fn client_for(target: &ApiTarget) -> Result<kube::Client, Error> {
@@ -188,6 +214,96 @@ pub async fn client_for(target: &ApiTarget) -> Result<kube::Client, Error> {
     kube::Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
 }
 
+type PodHandler = Box<dyn FnMut(Change<'_, Pod>) + Send>;
+
+/// One pod watch and cache shared by the node lifecycle, endpoints, EndpointSlice,
+/// DaemonSet, Job and StatefulSet controllers (a watch per controller would decode every
+/// pod event six more times). Handlers are registered first, then [`SharedPods::spawn`]
+/// starts the watch, so none misses the initial list.
+pub struct SharedPods {
+    writer: Writer<Pod>,
+    store: Store<Pod>,
+    handlers: Vec<PodHandler>,
+    /// Set once the first list is in the cache. Controllers wait on this rather than on
+    /// `Store::wait_until_ready`: kube-runtime's readiness future keeps a single waker, so
+    /// with several tasks waiting on clones of one store only the last one is woken.
+    ready: watch::Sender<bool>,
+}
+
+impl Default for SharedPods {
+    fn default() -> Self {
+        let writer = Writer::new(());
+        let store = writer.as_reader();
+        SharedPods {
+            writer,
+            store,
+            handlers: Vec::new(),
+            ready: watch::Sender::new(false),
+        }
+    }
+}
+
+impl SharedPods {
+    /// The cache; it fills once the watch is spawned.
+    pub fn store(&self) -> Store<Pod> {
+        self.store.clone()
+    }
+
+    /// Becomes true once the cache holds the first full list.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Runs `handler` for every change after the cache has it, and for every cached pod
+    /// after each (re-)list.
+    pub fn on_change(&mut self, handler: impl FnMut(Change<'_, Pod>) + Send + 'static) {
+        self.handlers.push(Box::new(handler));
+    }
+
+    /// Starts the watch (nothing, if no controller registered).
+    pub fn spawn(self, client: &kube::Client, tasks: &mut JoinSet<()>) {
+        let SharedPods {
+            mut writer,
+            store,
+            mut handlers,
+            ready,
+        } = self;
+        if handlers.is_empty() {
+            return;
+        }
+        let api: kube::Api<Pod> = kube::Api::all(client.clone());
+        tasks.spawn(async move {
+            let mut events =
+                std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "shared pod watch failed; retrying with backoff");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&event);
+                match &event {
+                    watcher::Event::Apply(pod) => {
+                        handlers.iter_mut().for_each(|h| h(Change::Applied(pod)))
+                    }
+                    watcher::Event::Delete(pod) => {
+                        handlers.iter_mut().for_each(|h| h(Change::Deleted(pod)))
+                    }
+                    watcher::Event::InitDone => {
+                        for pod in store.state() {
+                            handlers.iter_mut().for_each(|h| h(Change::Applied(&pod)));
+                        }
+                        ready.send_replace(true);
+                    }
+                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                }
+            }
+        });
+    }
+}
+
 /// Starts the selected controllers on `tasks`.
 pub async fn start_controllers(
     shared: &Shared,
@@ -206,11 +322,26 @@ pub async fn start_controllers(
     if selection.is_enabled(namespace::NAME, true) {
         namespace::start(shared, tasks);
     }
-    for name in KNOWN_CONTROLLERS[4..].iter() {
-        if selection.is_enabled(name, true) {
-            tracing::debug!(controller = name, "controller not implemented yet; skipped");
-        }
+    let mut pods = SharedPods::default();
+    if selection.is_enabled(nodelifecycle::NAME, true) {
+        nodelifecycle::start(shared, tasks, &mut pods);
     }
+    if selection.is_enabled(endpoints::NAME, true) {
+        endpoints::start(shared, tasks, &mut pods);
+    }
+    if selection.is_enabled(endpointslice::NAME, true) {
+        endpointslice::start(shared, tasks, &mut pods);
+    }
+    if selection.is_enabled(daemonset::NAME, true) {
+        daemonset::start(shared, tasks, &mut pods);
+    }
+    if selection.is_enabled(job::NAME, true) {
+        job::start(shared, tasks, &mut pods);
+    }
+    if selection.is_enabled(statefulset::NAME, true) {
+        statefulset::start(shared, tasks, &mut pods);
+    }
+    pods.spawn(&shared.client, tasks);
 }
 
 /// Runs the controller manager until `shutdown` completes: `/healthz` on `listener`,
@@ -230,6 +361,8 @@ pub async fn run(
         identity: config.identity.clone(),
         workers: config.workers,
         namespace_resync: config.namespace_resync,
+        node_lifecycle: config.node_lifecycle.clone(),
+        job_backoff_base: config.job_backoff_base,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let is_leader = Arc::new(AtomicBool::new(false));

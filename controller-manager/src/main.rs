@@ -41,9 +41,15 @@ struct Flags {
     /// How long a node may miss lease renewals before it is marked not ready.
     #[arg(long, default_value = "50")]
     node_monitor_grace_period_seconds: u64,
-    /// Toleration seconds added to pods for the unreachable/not-ready taints.
+    /// How often node health is checked.
+    #[arg(long, default_value = "5")]
+    node_monitor_period_seconds: u64,
+    /// Toleration seconds assumed for pods without a toleration of the unreachable taint.
     #[arg(long, default_value = "300")]
     default_unreachable_toleration_seconds: i64,
+    /// Toleration seconds assumed for pods without a toleration of the not-ready taint.
+    #[arg(long, default_value = "300")]
+    default_not_ready_toleration_seconds: i64,
     /// Concurrent reconciles per controller.
     #[arg(long, default_value = "5")]
     concurrent_syncs: usize,
@@ -74,8 +80,12 @@ async fn main() -> ExitCode {
     le.name = flags.leader_elect_resource_name;
     config.node_lifecycle.node_monitor_grace_period =
         Duration::from_secs(flags.node_monitor_grace_period_seconds);
+    config.node_lifecycle.node_monitor_period =
+        Duration::from_secs(flags.node_monitor_period_seconds.max(1));
     config.node_lifecycle.default_unreachable_toleration_seconds =
         flags.default_unreachable_toleration_seconds;
+    config.node_lifecycle.default_not_ready_toleration_seconds =
+        flags.default_not_ready_toleration_seconds;
     let listener = match tokio::net::TcpListener::bind(&flags.bind_address).await {
         Ok(l) => l,
         Err(e) => {

@@ -15,7 +15,7 @@ use rkube_runtime::ControllerSelection;
 )]
 struct Flags {
     /// API server URL (e.g. http://127.0.0.1:6443); overrides --kubeconfig.
-    #[arg(long)]
+    #[arg(long, visible_aliases = ["server", "api-server"])]
     master: Option<String>,
     /// Path to a kubeconfig; without it and --master, KUBECONFIG or ~/.kube/config.
     #[arg(long)]

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// API server URL (plain HTTP, e.g. http://127.0.0.1:6443); overrides --kubeconfig.
-    #[arg(long)]
+    #[arg(long = "master", visible_aliases = ["server", "api-server"])]
     server: Option<String>,
     /// Node name (default: the host name).
     #[arg(long)]

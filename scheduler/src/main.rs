@@ -8,7 +8,7 @@ use rkube_scheduler::{ApiServer, Config};
 #[command(name = "rkube-scheduler", about = "Assigns pending pods to nodes")]
 struct Args {
     /// API server URL (http only), e.g. http://127.0.0.1:6443. Without it, --kubeconfig or the usual inference.
-    #[arg(long, alias = "master", env = "RKUBE_API_SERVER")]
+    #[arg(long = "master", visible_aliases = ["server", "api-server"], env = "RKUBE_API_SERVER")]
     api_server: Option<String>,
     /// Path to a kubeconfig file.
     #[arg(long, env = "KUBECONFIG")]

@@ -15,22 +15,22 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, Change, EventRecorder,
-    EventType, Expectations, Observed, WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
+    EventRecorder, Expectations, WorkQueue,
 };
-use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::deployment::pod_template_hash;
 use crate::nodelifecycle::{toleration_matches, TAINT_NOT_READY, TAINT_UNREACHABLE};
 use crate::util::{
-    controller_owner_ref, controller_ref, is_terminating, key_of, pod_is_available, pod_is_ready,
-    scaled_value, split_key,
+    controller_owner_ref, enqueue_controller_of, enqueue_own_key, is_terminating, key_of,
+    observe_pod_among, patch_status_if_changed, pod_is_available, pod_is_ready, pods_controlled_by,
+    scaled_value, split_key, PodWriteLog,
 };
 use crate::{ControllerError, Shared, SharedPods};
 
@@ -50,24 +50,14 @@ struct DaemonSetController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let ds_queue = queue.clone();
     let daemonsets = spawn_informer(
         tasks,
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, DaemonSet>| {
-            let ds = change.object();
-            ds_queue.add(key_of(&ds.namespace().unwrap_or_default(), &ds.name_any()));
-        },
+        enqueue_own_key(&queue),
     );
-    let pod_queue = queue.clone();
-    shared_pods.on_change(move |change: Change<'_, Pod>| {
-        let pod = change.object();
-        if let Some(owner) = controller_ref(&pod.metadata).filter(|o| o.kind == "DaemonSet") {
-            pod_queue.add(key_of(&pod.namespace().unwrap_or_default(), &owner.name));
-        }
-    });
+    shared_pods.on_change(enqueue_controller_of(&queue, "DaemonSet"));
     let pods = shared_pods.store();
     // Any node change can change where daemons should run.
     let node_queue = queue.clone();
@@ -92,25 +82,15 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         recorder: EventRecorder::new(client, "daemonset-controller", &shared.identity),
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.daemonsets.wait_until_ready().await;
+        let _ = controller.daemonsets.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = ctrl.nodes.wait_until_ready().await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        let _ = controller.nodes.wait_until_ready().await;
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -279,22 +259,8 @@ impl DaemonSetController {
         let template_spec = spec.template.spec.clone().unwrap_or_default();
         let hash = pod_template_hash(&spec.template, None);
         let ds_uid = ds.uid().unwrap_or_default();
-        let owned: Vec<Arc<Pod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(namespace)
-                    && controller_ref(&p.metadata).is_some_and(|o| o.uid == ds_uid)
-            })
-            .collect();
-        let satisfied = self.expectations.satisfied(key, |pod_name| {
-            match owned.iter().find(|p| p.name_any() == pod_name) {
-                None => Observed::Absent,
-                Some(p) if is_terminating(&p.metadata) => Observed::Terminating,
-                Some(_) => Observed::Active,
-            }
-        });
+        let owned = pods_controlled_by(&self.pods, namespace, &ds_uid);
+        let satisfied = self.expectations.satisfied(key, observe_pod_among(&owned));
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         let mut failed: Vec<Arc<Pod>> = Vec::new();
         for pod in &owned {
@@ -477,29 +443,13 @@ impl DaemonSetController {
             async move { api.create(&PostParams::default(), &pod).await }
         }))
         .await;
-        let mut first_error: Option<ControllerError> = None;
-        for result in creations {
-            match result {
-                Ok(p) => {
-                    self.expectations.expect_creation(key, &p.name_any());
-                    self.recorder.record(
-                        ds_ref.clone(),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.name_any()),
-                    );
-                }
-                Err(e) => {
-                    self.recorder.record(
-                        ds_ref.clone(),
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Error creating: {e}"),
-                    );
-                    first_error.get_or_insert(e.into());
-                }
-            }
-        }
+        let log = PodWriteLog {
+            expectations: &self.expectations,
+            recorder: &self.recorder,
+            key,
+            owner: &ds_ref,
+        };
+        let created = log.creations(creations);
         let mut seen = std::collections::HashSet::new();
         let deletions = join_all(
             to_delete
@@ -518,25 +468,10 @@ impl DaemonSetController {
                 }),
         )
         .await;
-        for (name, result) in deletions {
-            match result {
-                Ok(_) => self.recorder.record(
-                    ds_ref.clone(),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                ),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    self.expectations.deletion_failed(key, &name);
-                    first_error.get_or_insert(e.into());
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        let deleted = log.deletions(deletions, false);
+        // Deletions go ahead even when a creation failed; the creation error is reported first.
+        created.and(deleted)?;
+        Ok(())
     }
 
     async fn update_status(&self, ds: &DaemonSet, counts: &Counts) -> Result<(), ControllerError> {
@@ -553,22 +488,9 @@ impl DaemonSetController {
             collision_count: old.collision_count,
             conditions: old.conditions.clone(),
         };
-        if status == old {
-            return Ok(());
-        }
         let api: Api<DaemonSet> =
             Api::namespaced(self.client.clone(), &ds.namespace().unwrap_or_default());
-        let mut patch = json!({"status": status});
-        if status.number_unavailable.is_none() {
-            patch["status"]["numberUnavailable"] = serde_json::Value::Null;
-        }
-        api.patch_status(
-            &ds.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        Ok(())
+        patch_status_if_changed(&api, &ds.name_any(), &old, &status, &["numberUnavailable"]).await
     }
 }
 
@@ -585,6 +507,7 @@ struct Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(value: serde_json::Value) -> Node {
         serde_json::from_value(value).unwrap()

@@ -19,14 +19,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, EventRecorder, EventType,
-    WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
+    EventType, WorkQueue,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::util::{
-    controller_owner_ref, controller_ref, is_terminating, key_of, now, scaled_value,
+    controller_owner_ref, controller_ref, enqueue_controller_or_adopters, enqueue_own_key,
+    is_terminating, now, patch_owner_references, patch_status_if_changed, scaled_value,
     selector_is_empty, selector_matches, split_key,
 };
 use crate::{ControllerError, Shared};
@@ -56,44 +57,21 @@ struct DeploymentController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let d_queue = queue.clone();
     let deployments = spawn_informer(
         tasks,
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change| {
-            let d = change.object();
-            d_queue.add(key_of(&d.namespace().unwrap_or_default(), &d.name_any()));
-        },
+        enqueue_own_key(&queue),
     );
-    let rs_queue = queue.clone();
-    let d_cache = deployments.clone();
     let replicasets = spawn_informer(
         tasks,
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change| {
-            let rs: &ReplicaSet = change.object();
-            let namespace = rs.namespace().unwrap_or_default();
-            if let Some(owner) = controller_ref(&rs.metadata) {
-                if owner.kind == "Deployment" {
-                    rs_queue.add(key_of(&namespace, &owner.name));
-                }
-                return;
-            }
-            for d in d_cache.state() {
-                if d.namespace().as_deref() == Some(namespace.as_str())
-                    && d.spec.as_ref().is_some_and(|s| {
-                        !selector_is_empty(&s.selector)
-                            && selector_matches(&s.selector, rs.labels())
-                    })
-                {
-                    rs_queue.add(key_of(&namespace, &d.name_any()));
-                }
-            }
-        },
+        enqueue_controller_or_adopters(&queue, "Deployment", deployments.clone(), |d| {
+            d.spec.as_ref().map(|s| &s.selector)
+        }),
     );
     let controller = Arc::new(DeploymentController {
         client: client.clone(),
@@ -105,19 +83,10 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     tasks.spawn(async move {
         let _ = controller.deployments.wait_until_ready().await;
         let _ = controller.replicasets.wait_until_ready().await;
-        let mut worker_tasks = JoinSet::new();
-        let c = controller.clone();
-        run_workers(
-            &mut worker_tasks,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while worker_tasks.join_next().await.is_some() {}
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -366,7 +335,7 @@ impl DeploymentController {
                             .filter(|r| r.uid != uid)
                             .cloned()
                             .collect();
-                        patch_owner_refs(&api, &rs, refs).await?;
+                        patch_owner_references(&api, &rs, refs).await?;
                     }
                 }
                 None if matches
@@ -375,7 +344,7 @@ impl DeploymentController {
                 {
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
                     refs.push(controller_owner_ref(d));
-                    if let Some(updated) = patch_owner_refs(&api, &rs, refs).await? {
+                    if let Some(updated) = patch_owner_references(&api, &rs, refs).await? {
                         owned.push(updated);
                     }
                 }
@@ -1087,19 +1056,14 @@ impl DeploymentController {
                 }
             }
         }
-        if status != old {
-            let mut patch = json!({"status": status});
-            if status.conditions.is_none() {
-                patch["status"]["conditions"] = Value::Null;
-            }
-            self.deployments_api(&d.namespace().unwrap_or_default())
-                .patch_status(
-                    &d.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-        }
+        patch_status_if_changed(
+            &self.deployments_api(&d.namespace().unwrap_or_default()),
+            &d.name_any(),
+            &old,
+            &status,
+            &["conditions"],
+        )
+        .await?;
         Ok(requeue.map(Action::RequeueAfter).unwrap_or_default())
     }
 }
@@ -1126,26 +1090,6 @@ fn copy_annotations(d: &Deployment, into: &mut BTreeMap<String, String>) {
         if !NOT_COPIED.contains(&k.as_str()) {
             into.insert(k.clone(), v.clone());
         }
-    }
-}
-
-async fn patch_owner_refs(
-    api: &Api<ReplicaSet>,
-    rs: &ReplicaSet,
-    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<Option<ReplicaSet>, ControllerError> {
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version(), "uid": rs.uid()}});
-    match api
-        .patch(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(updated) => Ok(Some(updated)),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -19,10 +19,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
-use rkube_runtime::{run_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
+use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
 use tokio::task::JoinSet;
 
-use crate::util::{is_terminating, key_of, pod_is_ready, split_key};
+use crate::util::{enqueue_own_key, is_terminating, key_of, pod_is_ready, split_key};
 use crate::{ControllerError, Shared, SharedPods};
 
 pub const NAME: &str = "endpoints";
@@ -73,19 +73,12 @@ pub(crate) fn watch_services_and_pods(
     queue: &Arc<WorkQueue<String>>,
     shared_pods: &mut SharedPods,
 ) -> (Store<Service>, Store<Pod>, PodServices) {
-    let svc_queue = queue.clone();
     let services = spawn_informer(
         tasks,
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Service>| {
-            let svc = change.object();
-            svc_queue.add(key_of(
-                &svc.namespace().unwrap_or_default(),
-                &svc.name_any(),
-            ));
-        },
+        enqueue_own_key(queue),
     );
     let pod_queue = queue.clone();
     let svc_cache = services.clone();
@@ -303,16 +296,12 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
     let (services, pods, index) = watch_services_and_pods(tasks, &client, &queue, shared_pods);
-    let ep_queue = queue.clone();
     let endpoints = spawn_informer(
         tasks,
         Api::<Endpoints>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Endpoints>| {
-            let ep = change.object();
-            ep_queue.add(key_of(&ep.namespace().unwrap_or_default(), &ep.name_any()));
-        },
+        enqueue_own_key(&queue),
     );
     let controller = Arc::new(EndpointsController {
         client,
@@ -322,25 +311,15 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         index,
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.services.wait_until_ready().await;
+        let _ = controller.services.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = ctrl.endpoints.wait_until_ready().await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        let _ = controller.endpoints.wait_until_ready().await;
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 

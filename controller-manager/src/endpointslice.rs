@@ -15,7 +15,8 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    run_workers, spawn_informer, Action, Backoff, Change, Expectations, Observed, WorkQueue,
+    run_reconcile_workers, spawn_informer, Action, Backoff, Change, Expectations, Observed,
+    WorkQueue,
 };
 use tokio::task::JoinSet;
 
@@ -68,25 +69,15 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         index,
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.services.wait_until_ready().await;
+        let _ = controller.services.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = ctrl.slices.wait_until_ready().await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        let _ = controller.slices.wait_until_ready().await;
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 

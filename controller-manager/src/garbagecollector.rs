@@ -18,11 +18,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
-use rkube_runtime::{run_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
+use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::discovery::{deletable_resources, is_event, DeletableResource};
+use crate::util::ignore_not_found;
 use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "garbagecollector";
@@ -182,19 +183,10 @@ pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
         for store in &gc.stores {
             let _ = store.wait_until_ready().await;
         }
-        let mut worker_tasks = JoinSet::new();
-        let g = gc.clone();
-        run_workers(
-            &mut worker_tasks,
-            NAME,
-            queue,
-            workers,
-            move |node: Node| {
-                let g = g.clone();
-                async move { g.reconcile(&node).await }
-            },
-        );
-        while worker_tasks.join_next().await.is_some() {}
+        run_reconcile_workers(NAME, queue, workers, gc, |g, node: Node| async move {
+            g.reconcile(&node).await
+        })
+        .await;
     });
 }
 
@@ -391,18 +383,15 @@ impl GarbageCollector {
             .filter(|f| *f != finalizer)
             .collect();
         let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": obj.resource_version()}});
-        match api
+        let result = api
             .patch(
                 &obj.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+            .await;
+        ignore_not_found(result)?;
+        Ok(())
     }
 }
 
@@ -438,18 +427,15 @@ async fn patch_refs(
     };
     let patch =
         json!({"metadata": {"ownerReferences": refs, "resourceVersion": obj.resource_version()}});
-    match api
+    let result = api
         .patch(
             &obj.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await;
+    ignore_not_found(result)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -23,16 +23,16 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, Change, EventRecorder,
-    EventType, Expectations, Observed, WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
+    EventType, Expectations, WorkQueue,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::util::{
-    controller_owner_ref, controller_ref, is_terminating, key_of, now, pod_is_active, pod_is_ready,
-    split_key,
+    controller_owner_ref, enqueue_controller_of, enqueue_own_key, is_terminating, now,
+    observe_pod_among, pod_is_active, pod_is_ready, pods_controlled_by, split_key, PodWriteLog,
 };
 use crate::{ControllerError, Shared, SharedPods};
 
@@ -56,27 +56,14 @@ struct JobController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let job_queue = queue.clone();
     let jobs = spawn_informer(
         tasks,
         Api::<Job>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Job>| {
-            let job = change.object();
-            job_queue.add(key_of(
-                &job.namespace().unwrap_or_default(),
-                &job.name_any(),
-            ));
-        },
+        enqueue_own_key(&queue),
     );
-    let pod_queue = queue.clone();
-    shared_pods.on_change(move |change: Change<'_, Pod>| {
-        let pod = change.object();
-        if let Some(owner) = controller_ref(&pod.metadata).filter(|o| o.kind == "Job") {
-            pod_queue.add(key_of(&pod.namespace().unwrap_or_default(), &owner.name));
-        }
-    });
+    shared_pods.on_change(enqueue_controller_of(&queue, "Job"));
     let pods = shared_pods.store();
     let controller = Arc::new(JobController {
         client: client.clone(),
@@ -88,24 +75,14 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         failures_seen: Mutex::new(HashMap::new()),
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.jobs.wait_until_ready().await;
+        let _ = controller.jobs.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -203,22 +180,8 @@ impl JobController {
         }
         let spec = job.spec.clone().unwrap_or_default();
         let job_uid = job.uid().unwrap_or_default();
-        let owned: Vec<Arc<Pod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(namespace)
-                    && controller_ref(&p.metadata).is_some_and(|o| o.uid == job_uid)
-            })
-            .collect();
-        let satisfied = self.expectations.satisfied(key, |pod_name| {
-            match owned.iter().find(|p| p.name_any() == pod_name) {
-                None => Observed::Absent,
-                Some(p) if is_terminating(&p.metadata) => Observed::Terminating,
-                Some(_) => Observed::Active,
-            }
-        });
+        let owned = pods_controlled_by(&self.pods, namespace, &job_uid);
+        let satisfied = self.expectations.satisfied(key, observe_pod_among(&owned));
         let active: Vec<Arc<Pod>> = owned.iter().filter(|p| pod_is_active(p)).cloned().collect();
         let count = |ph: &str| {
             i32::try_from(owned.iter().filter(|p| phase(p) == Some(ph)).count()).unwrap_or(i32::MAX)
@@ -368,7 +331,7 @@ impl JobController {
         &self,
         key: &str,
         job: &Job,
-        job_ref: &k8s_openapi::api::core::v1::ObjectReference,
+        job_ref: &ObjectReference,
         count: usize,
     ) -> Result<(), ControllerError> {
         let namespace = job.namespace().unwrap_or_default();
@@ -398,39 +361,13 @@ impl JobController {
         };
         let post = PostParams::default();
         let results = join_all((0..count.min(500)).map(|_| api.create(&post, &pod))).await;
-        let mut first_error = None;
-        for result in results {
-            match result {
-                Ok(p) => {
-                    self.expectations.expect_creation(key, &p.name_any());
-                    self.recorder.record(
-                        job_ref.clone(),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.name_any()),
-                    );
-                }
-                Err(e) => {
-                    self.recorder.record(
-                        job_ref.clone(),
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Error creating: {e}"),
-                    );
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(self.pod_write_log(key, job_ref).creations(results)?)
     }
 
     async fn delete_pods(
         &self,
         key: &str,
-        job_ref: &k8s_openapi::api::core::v1::ObjectReference,
+        job_ref: &ObjectReference,
         pods: &[Arc<Pod>],
     ) -> Result<(), ControllerError> {
         let results = join_all(pods.iter().map(|p| {
@@ -446,25 +383,15 @@ impl JobController {
             }
         }))
         .await;
-        let mut first_error = None;
-        for (name, result) in results {
-            match result {
-                Ok(_) => self.recorder.record(
-                    job_ref.clone(),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                ),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    self.expectations.deletion_failed(key, &name);
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
+        Ok(self.pod_write_log(key, job_ref).deletions(results, false)?)
+    }
+
+    fn pod_write_log<'a>(&'a self, key: &'a str, job_ref: &'a ObjectReference) -> PodWriteLog<'a> {
+        PodWriteLog {
+            expectations: &self.expectations,
+            recorder: &self.recorder,
+            key,
+            owner: job_ref,
         }
     }
 }

@@ -10,12 +10,12 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Pos
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use rkube_runtime::{run_workers, spawn_informer, Action, Backoff, WorkQueue};
+use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, WorkQueue};
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::discovery::deletable_resources;
-use crate::util::now;
+use crate::util::{ignore_not_found, now};
 use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "namespace";
@@ -50,19 +50,10 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     let workers = shared.workers;
     tasks.spawn(async move {
         let _ = controller.namespaces.wait_until_ready().await;
-        let mut worker_tasks = JoinSet::new();
-        let c = controller.clone();
-        run_workers(
-            &mut worker_tasks,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while worker_tasks.join_next().await.is_some() {}
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -213,17 +204,14 @@ impl NamespaceController {
         }
         let api: Api<Namespace> = Api::all(self.client.clone());
         let patch = json!({"status": {"conditions": conditions}});
-        match api
+        let result = api
             .patch_status(
                 &ns.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+            .await;
+        ignore_not_found(result)?;
+        Ok(())
     }
 }

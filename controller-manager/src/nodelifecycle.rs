@@ -20,14 +20,14 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, Change, EventRecorder,
-    EventType, WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
+    EventRecorder, EventType, WorkQueue,
 };
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::util::{is_terminating, now};
+use crate::util::{enqueue_name, ignore_not_found, is_terminating, now};
 use crate::{ControllerError, NodeLifecycleSettings, Shared, SharedPods};
 
 pub const NAME: &str = "nodelifecycle";
@@ -56,21 +56,19 @@ struct NodeLifecycleController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let node_queue = queue.clone();
     let nodes = spawn_informer(
         tasks,
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Node>| node_queue.add(change.object().name_any()),
+        enqueue_name(&queue),
     );
-    let lease_queue = queue.clone();
     let leases = spawn_informer(
         tasks,
         Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Lease>| lease_queue.add(change.object().name_any()),
+        enqueue_name(&queue),
     );
     let pod_queue = queue.clone();
     let node_cache = nodes.clone();
@@ -108,18 +106,13 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         let _ = ctrl.nodes.wait_until_ready().await;
         let _ = ctrl.leases.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
+        let mut reconciling = std::pin::pin!(run_reconcile_workers(
             NAME,
             queue.clone(),
             workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
+            ctrl.clone(),
+            |c, key| async move { c.reconcile(&key).await },
+        ));
         // Staleness is a matter of time passing, not of a change: look at every node each period.
         let mut ticker = tokio::time::interval(ctrl.settings.node_monitor_period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,7 +123,7 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
                         queue.add(node.name_any());
                     }
                 }
-                _ = workers_set.join_next() => break,
+                _ = &mut reconciling => break,
             }
         }
     });
@@ -498,18 +491,15 @@ async fn mark_not_ready(api: &Api<Pod>, pod: &Pod) -> Result<(), ControllerError
     }
     let patch = json!({"metadata": {"resourceVersion": pod.resource_version()},
                        "status": {"conditions": conditions}});
-    match api
+    let result = api
         .patch_status(
             &pod.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await;
+    ignore_not_found(result)?;
+    Ok(())
 }
 
 #[cfg(test)]

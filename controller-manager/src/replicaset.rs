@@ -10,21 +10,21 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStat
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, Change, EventRecorder,
-    EventType, Expectations, Observed, WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
+    Expectations, WorkQueue,
 };
-use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::util::{
-    controller_owner_ref, controller_ref, is_terminating, key_of, now, pod_is_active,
-    pod_is_available, pod_is_ready, pod_ready_since, selector_is_empty, selector_matches,
-    split_key,
+    controller_owner_ref, controller_ref, enqueue_controller_or_adopters, enqueue_own_key,
+    is_terminating, now, observe_pod_among, patch_owner_references, patch_status_if_changed,
+    pod_is_active, pod_is_available, pod_is_ready, pod_ready_since, selector_is_empty,
+    selector_matches, split_key, PodWriteLog,
 };
 use crate::{ControllerError, Shared};
 
@@ -43,45 +43,21 @@ struct ReplicaSetController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let rs_queue = queue.clone();
     let replicasets = spawn_informer(
         tasks,
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change| {
-            let rs = change.object();
-            rs_queue.add(key_of(&rs.namespace().unwrap_or_default(), &rs.name_any()));
-        },
+        enqueue_own_key(&queue),
     );
-    let pod_queue = queue.clone();
-    let rs_cache = replicasets.clone();
     let pods = spawn_informer(
         tasks,
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, Pod>| {
-            let pod = change.object();
-            let namespace = pod.namespace().unwrap_or_default();
-            if let Some(owner) = controller_ref(&pod.metadata) {
-                if owner.kind == "ReplicaSet" {
-                    pod_queue.add(key_of(&namespace, &owner.name));
-                }
-                return;
-            }
-            // An orphan: every ReplicaSet that could adopt it looks at it.
-            let labels = pod.labels();
-            for rs in rs_cache.state() {
-                if rs.namespace().as_deref() == Some(namespace.as_str())
-                    && rs.spec.as_ref().is_some_and(|s| {
-                        !selector_is_empty(&s.selector) && selector_matches(&s.selector, labels)
-                    })
-                {
-                    pod_queue.add(key_of(&namespace, &rs.name_any()));
-                }
-            }
-        },
+        enqueue_controller_or_adopters(&queue, "ReplicaSet", replicasets.clone(), |rs| {
+            rs.spec.as_ref().map(|s| &s.selector)
+        }),
     );
     let controller = Arc::new(ReplicaSetController {
         client: client.clone(),
@@ -91,23 +67,13 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
         recorder: EventRecorder::new(client, "replicaset-controller", &shared.identity),
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     tasks.spawn(async move {
-        let _ = ctrl.replicasets.wait_until_ready().await;
-        let _ = ctrl.pods.wait_until_ready().await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        let _ = controller.replicasets.wait_until_ready().await;
+        let _ = controller.pods.wait_until_ready().await;
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -129,13 +95,9 @@ impl ReplicaSetController {
             .into_iter()
             .filter(|p| p.namespace().as_deref() == Some(namespace))
             .collect();
-        let satisfied = self.expectations.satisfied(key, |pod_name| {
-            match pods_in_namespace.iter().find(|p| p.name_any() == pod_name) {
-                None => Observed::Absent,
-                Some(p) if is_terminating(&p.metadata) => Observed::Terminating,
-                Some(_) => Observed::Active,
-            }
-        });
+        let satisfied = self
+            .expectations
+            .satisfied(key, observe_pod_among(&pods_in_namespace));
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
 
         // Claim: keep owned matching pods, adopt matching orphans, release owned non-matching.
@@ -198,6 +160,12 @@ impl ReplicaSetController {
         pods_api: &Api<Pod>,
     ) -> Result<(), ControllerError> {
         let rs_ref = object_reference(rs);
+        let log = PodWriteLog {
+            expectations: &self.expectations,
+            recorder: &self.recorder,
+            key,
+            owner: &rs_ref,
+        };
         if active.len() < desired {
             let missing = (desired - active.len()).min(BURST_REPLICAS);
             let template = rs
@@ -225,32 +193,7 @@ impl ReplicaSetController {
             while created < missing {
                 let size = batch.min(missing - created);
                 let results = join_all((0..size).map(|_| pods_api.create(&post, &pod))).await;
-                let mut first_error = None;
-                for result in results {
-                    match result {
-                        Ok(p) => {
-                            self.expectations.expect_creation(key, &p.name_any());
-                            self.recorder.record(
-                                rs_ref.clone(),
-                                EventType::Normal,
-                                "SuccessfulCreate",
-                                format!("Created pod: {}", p.name_any()),
-                            );
-                        }
-                        Err(e) => {
-                            self.recorder.record(
-                                rs_ref.clone(),
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {e}"),
-                            );
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(e) = first_error {
-                    return Err(e.into());
-                }
+                log.creations(results)?;
                 created += size;
                 batch *= 2;
             }
@@ -266,31 +209,7 @@ impl ReplicaSetController {
                 (name, result)
             }))
             .await;
-            let mut first_error = None;
-            for (name, result) in results {
-                match result {
-                    Ok(_) => self.recorder.record(
-                        rs_ref.clone(),
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        format!("Deleted pod: {name}"),
-                    ),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => {
-                        self.expectations.deletion_failed(key, &name);
-                        self.recorder.record(
-                            rs_ref.clone(),
-                            EventType::Warning,
-                            "FailedDelete",
-                            format!("Error deleting: {e}"),
-                        );
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first_error {
-                return Err(e.into());
-            }
+            log.deletions(results, true)?;
         }
         Ok(())
     }
@@ -354,21 +273,9 @@ impl ReplicaSetController {
             observed_generation: rs.metadata.generation,
             conditions: (!conditions.is_empty()).then_some(conditions),
         };
-        if status != old {
-            let api: Api<ReplicaSet> =
-                Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
-            let mut patch = json!({"status": status});
-            // A merge patch only removes a field given as null.
-            if status.conditions.is_none() {
-                patch["status"]["conditions"] = serde_json::Value::Null;
-            }
-            api.patch_status(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        }
+        let api: Api<ReplicaSet> =
+            Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
+        patch_status_if_changed(&api, &rs.name_any(), &old, &status, &["conditions"]).await?;
         Ok(ready > available)
     }
 }
@@ -421,19 +328,8 @@ fn deletion_rank(pod: &Pod) -> DeletionRank {
 async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<(), ControllerError> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(controller_owner_ref(rs));
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version(), "uid": pod.uid()}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    patch_owner_references(api, pod, refs).await?;
+    Ok(())
 }
 
 async fn release(api: &Api<Pod>, pod: &Pod, owner_uid: &str) -> Result<(), ControllerError> {
@@ -445,19 +341,8 @@ async fn release(api: &Api<Pod>, pod: &Pod, owner_uid: &str) -> Result<(), Contr
         .filter(|r| r.uid != owner_uid)
         .cloned()
         .collect();
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version(), "uid": pod.uid()}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    patch_owner_references(api, pod, refs).await?;
+    Ok(())
 }
 
 #[cfg(test)]

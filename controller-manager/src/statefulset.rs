@@ -16,20 +16,20 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    object_reference, run_workers, spawn_informer, Action, Backoff, Change, EventRecorder,
-    EventType, Expectations, Observed, WorkQueue,
+    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
+    EventType, Expectations, WorkQueue,
 };
-use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::deployment::pod_template_hash;
 use crate::util::{
-    controller_owner_ref, controller_ref, is_terminating, key_of, pod_is_available, pod_is_ready,
+    controller_owner_ref, enqueue_controller_of, enqueue_own_key, is_terminating,
+    observe_pod_among, patch_status_if_changed, pod_is_available, pod_is_ready, pods_controlled_by,
     split_key,
 };
 use crate::{ControllerError, Shared, SharedPods};
@@ -50,24 +50,14 @@ struct StatefulSetController {
 pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let set_queue = queue.clone();
     let sets = spawn_informer(
         tasks,
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
         (),
-        move |change: Change<'_, StatefulSet>| {
-            let s = change.object();
-            set_queue.add(key_of(&s.namespace().unwrap_or_default(), &s.name_any()));
-        },
+        enqueue_own_key(&queue),
     );
-    let pod_queue = queue.clone();
-    shared_pods.on_change(move |change: Change<'_, Pod>| {
-        let pod = change.object();
-        if let Some(owner) = controller_ref(&pod.metadata).filter(|o| o.kind == "StatefulSet") {
-            pod_queue.add(key_of(&pod.namespace().unwrap_or_default(), &owner.name));
-        }
-    });
+    shared_pods.on_change(enqueue_controller_of(&queue, "StatefulSet"));
     let pods = shared_pods.store();
     let controller = Arc::new(StatefulSetController {
         client: client.clone(),
@@ -77,24 +67,14 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         recorder: EventRecorder::new(client, "statefulset-controller", &shared.identity),
     });
     let workers = shared.workers;
-    let ctrl = controller.clone();
     let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.sets.wait_until_ready().await;
+        let _ = controller.sets.wait_until_ready().await;
         let _ = pods_ready.wait_for(|ready| *ready).await;
-        let mut workers_set = JoinSet::new();
-        let c = ctrl.clone();
-        run_workers(
-            &mut workers_set,
-            NAME,
-            queue,
-            workers,
-            move |key: String| {
-                let c = c.clone();
-                async move { c.reconcile(&key).await }
-            },
-        );
-        while workers_set.join_next().await.is_some() {}
+        run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
+            c.reconcile(&key).await
+        })
+        .await;
     });
 }
 
@@ -138,22 +118,8 @@ impl StatefulSetController {
         };
         let spec = set.spec.clone().unwrap_or_default();
         let uid = set.uid().unwrap_or_default();
-        let owned: Vec<Arc<Pod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(namespace)
-                    && controller_ref(&p.metadata).is_some_and(|o| o.uid == uid)
-            })
-            .collect();
-        let satisfied = self.expectations.satisfied(key, |pod_name| {
-            match owned.iter().find(|p| p.name_any() == pod_name) {
-                None => Observed::Absent,
-                Some(p) if is_terminating(&p.metadata) => Observed::Terminating,
-                Some(_) => Observed::Active,
-            }
-        });
+        let owned = pods_controlled_by(&self.pods, namespace, &uid);
+        let satisfied = self.expectations.satisfied(key, observe_pod_among(&owned));
         let update_revision = format!("{name}-{}", pod_template_hash(&spec.template, None));
         let old = set.status.clone().unwrap_or_default();
         let replicas = spec.replicas.unwrap_or(1).max(0);
@@ -235,15 +201,8 @@ impl StatefulSetController {
             collision_count: Some(old.collision_count.unwrap_or(0)),
             conditions: old.conditions.clone(),
         };
-        if status != old {
-            let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
-            api.patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await?;
-        }
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        patch_status_if_changed(&api, name, &old, &status, &[]).await?;
         result?;
         if min_ready > 0 && ready > status.available_replicas.unwrap_or(0) {
             return Ok(Action::RequeueAfter(Duration::from_secs(
@@ -448,6 +407,7 @@ impl StatefulSetController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn ordinals_parse_only_canonical_suffixes() {

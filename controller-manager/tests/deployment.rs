@@ -148,10 +148,13 @@ async fn deployment_reaches_ready_and_scales_up_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicaset_adopts_orphans_and_releases_pods_that_stop_matching() {
     let env = Env::start().await;
-    let _cm = env.start_cm("cm-a").await;
     let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
     let orphan: Pod = serde_json::from_value(json!({"metadata": {"name": "orphan", "labels": {"app": "rs"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}})).unwrap();
     pods.create(&PostParams::default(), &orphan).await.unwrap();
+    // Started after the orphan exists: its initial list holds the orphan before any worker
+    // runs. (Started before, the ReplicaSet's watch event could overtake the pod's on the
+    // other watch, and the controller would rightly create a pod of its own.)
+    let _cm = env.start_cm("cm-a").await;
     let rs_api: Api<ReplicaSet> = Api::default_namespaced(env.client.clone());
     let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "rs"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "rs"}},
         "template": {"metadata": {"labels": {"app": "rs"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})).unwrap();

@@ -286,10 +286,6 @@ fn daemonset(image: &str) -> serde_json::Value {
                 "spec": {"containers": [{"name": "c", "image": image}]}}}})
 }
 
-fn uuid_like() -> String {
-    format!("{:?}", std::time::SystemTime::now())
-}
-
 async fn one_per_node(cluster: &Cluster, expected: usize) -> bool {
     let pods: Vec<Pod> = cluster
         .pods("app=agent")
@@ -361,25 +357,7 @@ async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls() {
         .await
         .unwrap();
     cluster
-        .wait_for("4 daemons", || async {
-            // SimCluster registers a Node before it starts simulating it, so a pod bound in
-            // that window is never started; touching it makes the simulation see it again.
-            for pod in cluster.pods("app=agent").await {
-                if node_of(&pod).is_some() && phase(&pod) == Some("Pending") {
-                    let _ = cluster
-                        .api::<Pod>()
-                        .patch(
-                            &pod.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(
-                                json!({"metadata": {"annotations": {"test/poke": uuid_like()}}}),
-                            ),
-                        )
-                        .await;
-                }
-            }
-            settled(4).await
-        })
+        .wait_for("4 daemons", || async { settled(4).await })
         .await;
     assert!(one_per_node(&cluster, 4).await);
 

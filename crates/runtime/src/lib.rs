@@ -10,7 +10,8 @@
 //! - [`selection`]: `--controllers=*,-job` parsing.
 //!
 //! A controller is: informers whose callbacks map changes to keys -> a [`workqueue::WorkQueue`]
-//! -> [`run_workers`] calling an idempotent `reconcile(key)` that reads the caches.
+//! -> [`run_workers`] (or [`run_reconcile_workers`]) calling an idempotent `reconcile(key)`
+//! that reads the caches.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod events;
@@ -81,4 +82,28 @@ pub fn run_workers<K, E, R, Fut>(
             }
         });
     }
+}
+
+/// [`run_workers`] for a controller's own task: reconciles keys from `queue` with
+/// `reconcile(controller, key)` on `workers` workers and returns once they have all ended
+/// (the queue was shut down). Controllers await it after their caches are synced, so the
+/// workers never see a half-listed world.
+pub async fn run_reconcile_workers<C, K, E, R, Fut>(
+    name: &'static str,
+    queue: Arc<WorkQueue<K>>,
+    workers: usize,
+    controller: Arc<C>,
+    reconcile: R,
+) where
+    C: Send + Sync + 'static,
+    K: Clone + Eq + Hash + Send + Sync + Display + 'static,
+    E: Display + Send + 'static,
+    R: Fn(Arc<C>, K) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    let mut worker_tasks = JoinSet::new();
+    run_workers(&mut worker_tasks, name, queue, workers, move |key: K| {
+        reconcile(controller.clone(), key)
+    });
+    while worker_tasks.join_next().await.is_some() {}
 }

@@ -151,6 +151,10 @@ pub(crate) struct SimNode {
     pub(crate) host_ip: String,
     next_pod: AtomicU32,
     alive: AtomicBool,
+    /// Whether its Node and Lease exist. Only lease renewal and [`SimCluster::node_names`]
+    /// wait for this: the pod side serves the node from before its Node is created, since
+    /// a pod can be bound to it the moment it exists and may never change again.
+    registered: AtomicBool,
 }
 
 impl SimNode {
@@ -168,6 +172,7 @@ impl SimNode {
             host_ip,
             next_pod: AtomicU32::new(0),
             alive: AtomicBool::new(true),
+            registered: AtomicBool::new(false),
         }
     }
 
@@ -192,6 +197,10 @@ impl SimNode {
 
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+    }
+
+    fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
     }
 }
 
@@ -289,14 +298,25 @@ impl SimCluster {
             })
             .collect();
         let shared = &self.shared;
-        futures::stream::iter(nodes.iter().cloned().map(Ok))
+        // Simulated before their Node objects exist, so no pod bound in between is missed.
+        shared
+            .nodes
+            .write()
+            .extend(nodes.iter().map(|node| (node.name.clone(), node.clone())));
+        let registered = futures::stream::iter(nodes.iter().cloned().map(Ok))
             .try_for_each_concurrent(shared.concurrency(), |node| async move {
-                register(shared, &node, template).await
+                register(shared, &node, template).await?;
+                node.registered.store(true, Ordering::Relaxed);
+                Ok(())
             })
-            .await?;
-        let mut map = self.shared.nodes.write();
-        for node in &nodes {
-            map.insert(node.name.clone(), node.clone());
+            .await;
+        if let Err(e) = registered {
+            // As if none had been added: the caller gets no names to use.
+            let mut map = shared.nodes.write();
+            for node in &nodes {
+                map.remove(&node.name);
+            }
+            return Err(e);
         }
         Ok(nodes.iter().map(|n| n.name.clone()).collect())
     }
@@ -308,6 +328,7 @@ impl SimCluster {
             .nodes
             .read()
             .values()
+            .filter(|n| n.is_registered())
             .map(|n| (n.index, n.name.clone()))
             .collect();
         nodes.sort();
@@ -528,7 +549,7 @@ async fn renew_leases(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             .nodes
             .read()
             .values()
-            .filter(|n| n.is_alive())
+            .filter(|n| n.is_alive() && n.is_registered())
             .cloned()
             .collect();
         let shared = &shared;

@@ -499,6 +499,8 @@ async fn raw_batch(
                     stdout: node.logs.join(&id).join("stdout.log"),
                     stderr: node.logs.join(&id).join("stderr.log"),
                 },
+                stdin: false,
+                stdin_once: false,
             };
             node.runtime.create(config).await?;
             node.runtime.start(&id).await?;

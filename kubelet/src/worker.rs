@@ -720,6 +720,8 @@ impl PodWorker {
                 spec: oci,
                 labels: container_labels,
                 logs,
+                stdin: container.stdin.unwrap_or(false),
+                stdin_once: container.stdin_once.unwrap_or(false),
             })
             .await;
         if let Err(e) = created {

@@ -963,3 +963,185 @@ async fn feed_and_wait(mut child: tokio::process::Child, input: &str) -> std::pr
     drop(stdin);
     child.wait_with_output().await.unwrap()
 }
+
+/// `kubectl exec -i` and `kubectl exec -it` through the API server's proxy to the kubelet
+/// and containerd: stdin reaches the process, a tty is a real pseudo-terminal in the
+/// container, and the exit code comes back through kubectl. `kubectl run -i` and
+/// `kubectl attach -i` reach the stdin of a container's main process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_attach_with_stdin_and_tty() {
+    let cluster = start().await;
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {IMAGE}
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+"#
+        ))
+        .await;
+    cluster
+        .wait_pod("shell", "Running", |p| p["status"]["phase"] == "Running")
+        .await;
+
+    let cat = cluster
+        .kubectl_command(&["exec", "-i", "shell", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = feed_and_wait(cat, "hello\n").await;
+    assert!(
+        output.status.success(),
+        "{output:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello\n");
+
+    let (code, screen) = kubectl_in_pty(
+        &cluster,
+        &["exec", "-it", "shell", "--", "sh", "-c", "tty; exit 4"],
+    )
+    .await;
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert_eq!(code, Some(4), "{screen}");
+
+    // `kubectl run -i`: stdin and stdinOnce; what is typed reaches the main process, and
+    // the end of kubectl's stdin is the end of the container's.
+    let run = cluster
+        .kubectl_command(&[
+            "run",
+            "reader",
+            "-i",
+            "--restart=Never",
+            &format!("--image={IMAGE}"),
+            "--image-pull-policy=Never",
+            "--",
+            "sh",
+            "-c",
+            "while read line; do echo \"got $line\"; done; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(WAIT, feed_and_wait(run, "one\ntwo\n"))
+        .await
+        .expect("kubectl run -i did not finish");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{output:?}: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("got one\ngot two\n"), "{stdout}");
+    cluster
+        .wait_pod("reader", "Succeeded", |p| {
+            p["status"]["phase"] == "Succeeded"
+        })
+        .await;
+    let logs = cluster.kubectl_ok(&["logs", "reader"]).await;
+    assert_eq!(logs, "got one\ngot two\ndone\n");
+
+    // `kubectl attach -i` to a container with stdin but not stdinOnce: each session's
+    // input arrives, and ending one leaves stdin open for the next.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: echoer}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {IMAGE}
+    imagePullPolicy: Never
+    stdin: true
+    command: [sh, -c, 'while read line; do echo "echo $line"; done; echo closed; sleep 3600']
+"#
+        ))
+        .await;
+    cluster
+        .wait_pod("echoer", "Running", |p| p["status"]["phase"] == "Running")
+        .await;
+    for word in ["first", "second"] {
+        let mut attach = cluster
+            .kubectl_command(&["attach", "-i", "echoer"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = attach.stdin.take().unwrap();
+        let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+        // Sent until it is echoed: kubectl attaches some time after it starts reading.
+        let deadline = Instant::now() + WAIT;
+        'echoed: loop {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(format!("{word}\n").as_bytes())
+                .await
+                .unwrap();
+            while let Ok(line) =
+                tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await
+            {
+                match line.unwrap() {
+                    Some(line) if line == format!("echo {word}") => break 'echoed,
+                    Some(_) => {}
+                    None => panic!("kubectl attach ended before echoing {word}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "{word} was never echoed");
+        }
+        drop(stdin);
+        attach.kill().await.unwrap();
+    }
+    let logs = cluster.kubectl_ok(&["logs", "echoer"]).await;
+    assert!(!logs.contains("closed"), "{logs}");
+}
+
+/// Runs kubectl under a pseudo-terminal (util-linux `script`), as a person typing it
+/// would; returns kubectl's exit code and everything the terminal showed.
+async fn kubectl_in_pty(cluster: &NodeCluster, args: &[&str]) -> (Option<i32>, String) {
+    let quote = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
+    let kubectl = rkube_e2e::kubectl_binary();
+    let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig_path().display());
+    let line: Vec<String> = [kubectl.to_string_lossy().as_ref(), kubeconfig.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning script (util-linux)");
+    // Held open until kubectl is done: an early EOF would end the session from our side.
+    let stdin = child.stdin.take();
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("kubectl under a pty did not finish")
+        .unwrap();
+    drop(stdin);
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}

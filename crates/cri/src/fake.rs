@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use parking_lot::Mutex;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::image::oci;
 use crate::image::reference;
@@ -41,6 +41,9 @@ struct FakeContainer {
     created_at: chrono::DateTime<Utc>,
     pid: Option<u32>,
     ignores_sigterm: bool,
+    /// What attach sessions wrote to the main process's stdin.
+    stdin_received: Vec<u8>,
+    stdin_closed: bool,
 }
 
 #[derive(Default)]
@@ -123,6 +126,13 @@ impl FakeRuntime {
             .map(|c| c.config.clone())
     }
 
+    /// What attach wrote to a container's stdin, and whether that stdin was closed.
+    pub fn attached_stdin(&self, id: &str) -> Option<(Vec<u8>, bool)> {
+        let state = self.state.lock();
+        let container = state.containers.get(id)?;
+        Some((container.stdin_received.clone(), container.stdin_closed))
+    }
+
     pub fn container_ids(&self) -> Vec<String> {
         self.state.lock().containers.keys().cloned().collect()
     }
@@ -192,6 +202,8 @@ impl ContainerRuntime for FakeRuntime {
                 created_at: Utc::now(),
                 pid: None,
                 ignores_sigterm: false,
+                stdin_received: Vec::new(),
+                stdin_closed: false,
             },
         );
         Ok(())
@@ -313,6 +325,32 @@ impl ContainerRuntime for FakeRuntime {
             }
         }
         Ok(outcome.exit_code)
+    }
+
+    async fn attach(&self, id: &str, mut stdin: mpsc::Receiver<Bytes>) -> Result<()> {
+        let open_stdin = |state: &mut RuntimeState| -> Result<()> {
+            let container = state
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+            if !container.config.stdin || container.stdin_closed {
+                return Err(RuntimeError::Other(format!(
+                    "container {id} has no open stdin"
+                )));
+            }
+            Ok(())
+        };
+        open_stdin(&mut self.state.lock())?;
+        while let Some(data) = stdin.recv().await {
+            open_stdin(&mut self.state.lock())?;
+            if let Some(container) = self.state.lock().containers.get_mut(id) {
+                container.stdin_received.extend_from_slice(&data);
+            }
+        }
+        if let Some(container) = self.state.lock().containers.get_mut(id) {
+            container.stdin_closed = container.config.stdin_once;
+        }
+        Ok(())
     }
 }
 

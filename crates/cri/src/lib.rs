@@ -127,6 +127,11 @@ pub struct ContainerConfig {
     pub spec: oci_spec::runtime::Spec,
     pub labels: BTreeMap<String, String>,
     pub logs: LogPaths,
+    /// The main process gets a stdin that [`ContainerRuntime::attach`] writes to (the pod
+    /// spec's `stdin`); otherwise its stdin is empty.
+    pub stdin: bool,
+    /// The first attach that ends closes that stdin for good (the pod spec's `stdinOnce`).
+    pub stdin_once: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +212,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn events(&self) -> broadcast::Receiver<RuntimeEvent>;
     /// Runs a process in a running container, wiring `io`, and returns its exit code.
     async fn exec(&self, id: &str, config: ExecConfig, io: ExecIo) -> Result<i32>;
+    /// Feeds `stdin` to the main process of a container created with
+    /// [`ContainerConfig::stdin`], returning when the sender is dropped; with
+    /// [`ContainerConfig::stdin_once`] the process then reads end-of-file. Output is not
+    /// part of this: it goes to the log files, which the caller follows.
+    async fn attach(&self, id: &str, stdin: mpsc::Receiver<Bytes>) -> Result<()> {
+        drop(stdin);
+        Err(RuntimeError::Other(format!(
+            "this runtime cannot write to the stdin of container {id}"
+        )))
+    }
 }
 
 /// A pod's network as the kubelet sees it.

@@ -92,6 +92,8 @@ fn container(node: &Node, id: &str, spec: Spec) -> ContainerConfig {
             stdout: logs.join("stdout.log"),
             stderr: logs.join("stderr.log"),
         },
+        stdin: false,
+        stdin_once: false,
     }
 }
 
@@ -704,4 +706,69 @@ async fn create_start_latency_baseline() {
         samples[samples.len() - 1]
     );
     assert_eq!(samples.len(), 20);
+}
+
+/// Feeds `input` to the container's stdin through one attach session.
+async fn attach_input(runtime: &ContainerdRuntime, id: &str, input: &str) {
+    let (sender, receiver) = mpsc::channel(1);
+    sender.send(Bytes::from(input.to_string())).await.unwrap();
+    drop(sender);
+    runtime.attach(id, receiver).await.unwrap();
+}
+
+#[tokio::test]
+async fn attach_feeds_main_process_stdin_and_stdin_once_closes_it() {
+    let node = node().await;
+    let mut events = node.runtime.events();
+    let script = "while read line; do echo \"got $line\"; done; echo eof";
+
+    // Without stdinOnce, stdin outlives each session: the process reads no end-of-file.
+    let open = unique_id("stdin-open");
+    let mut config = container(&node, &open, spec(&open, &["sh", "-c", script]));
+    config.stdin = true;
+    let open_logs = config.logs.clone();
+    node.runtime.create(config).await.unwrap();
+    node.runtime.start(&open).await.unwrap();
+    attach_input(&node.runtime, &open, "one\n").await;
+    attach_input(&node.runtime, &open, "two\n").await;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&open_logs.stdout).unwrap_or_default();
+        if text.contains("got two") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(text, "got one\ngot two\n");
+    assert!(matches!(
+        node.runtime.status(&open).await.unwrap().state,
+        ContainerState::Running { .. }
+    ));
+    node.runtime.remove(&open).await.unwrap();
+
+    // With stdinOnce, the end of the first session is the end of the input.
+    let once = unique_id("stdin-once");
+    let mut config = container(&node, &once, spec(&once, &["sh", "-c", script]));
+    config.stdin = true;
+    config.stdin_once = true;
+    let once_logs = config.logs.clone();
+    node.runtime.create(config).await.unwrap();
+    node.runtime.start(&once).await.unwrap();
+    attach_input(&node.runtime, &once, "only\n").await;
+    assert_eq!(wait_exit(&mut events, &once).await, 0);
+    assert_eq!(
+        read_when_written(&once_logs.stdout).await,
+        "got only\neof\n"
+    );
+    node.runtime.remove(&once).await.unwrap();
+
+    // A container created without stdin refuses to be written to.
+    let none = unique_id("stdin-none");
+    node.runtime
+        .create(container(&node, &none, spec(&none, &["sleep", "60"])))
+        .await
+        .unwrap();
+    let (_sender, receiver) = mpsc::channel(1);
+    assert!(node.runtime.attach(&none, receiver).await.is_err());
+    node.runtime.remove(&none).await.unwrap();
 }

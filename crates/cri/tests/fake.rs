@@ -22,6 +22,8 @@ fn config(id: &str, images: &FakeImageService) -> ContainerConfig {
             stdout: "/nonexistent/out".into(),
             stderr: "/nonexistent/err".into(),
         },
+        stdin: false,
+        stdin_once: false,
     }
 }
 
@@ -280,4 +282,39 @@ async fn fake_images_pull_auth_and_import() {
     let garbage = dir.path().join("garbage.tar");
     std::fs::write(&garbage, b"not a tarball at all").unwrap();
     assert!(images.import(&garbage).await.is_err());
+}
+
+async fn attach_input(runtime: &FakeRuntime, id: &str, input: &'static [u8]) -> bool {
+    let (sender, receiver) = mpsc::channel(1);
+    sender.send(Bytes::from_static(input)).await.unwrap();
+    drop(sender);
+    runtime.attach(id, receiver).await.is_ok()
+}
+
+#[tokio::test]
+async fn attach_records_stdin_and_stdin_once_closes_it() {
+    let runtime = FakeRuntime::new();
+    let images = FakeImageService::new();
+    let mut open = config("open", &images);
+    open.stdin = true;
+    let mut once = config("once", &images);
+    once.stdin = true;
+    once.stdin_once = true;
+    for config in [open, once, config("none", &images)] {
+        runtime.create(config).await.unwrap();
+    }
+
+    assert!(attach_input(&runtime, "open", b"a").await);
+    assert!(attach_input(&runtime, "open", b"b").await);
+    assert_eq!(
+        runtime.attached_stdin("open"),
+        Some((b"ab".to_vec(), false))
+    );
+
+    assert!(attach_input(&runtime, "once", b"a").await);
+    assert!(!attach_input(&runtime, "once", b"b").await);
+    assert_eq!(runtime.attached_stdin("once"), Some((b"a".to_vec(), true)));
+
+    assert!(!attach_input(&runtime, "none", b"a").await);
+    assert!(!attach_input(&runtime, "missing", b"a").await);
 }

@@ -27,7 +27,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::api::{KubeletApi, LookupError};
 
@@ -115,24 +115,15 @@ pub(crate) struct StatusCause {
 pub fn router(api: Arc<dyn KubeletApi>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/containerLogs/{namespace}/{pod}",
-            get(logs_default_container),
-        )
+        .route("/containerLogs/{namespace}/{pod}", get(container_logs))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
-            get(logs_named_container),
+            get(container_logs),
         )
-        .route("/exec/{namespace}/{pod}", get(exec_default_container))
-        .route(
-            "/exec/{namespace}/{pod}/{container}",
-            get(exec_named_container),
-        )
-        .route("/attach/{namespace}/{pod}", get(attach_default_container))
-        .route(
-            "/attach/{namespace}/{pod}/{container}",
-            get(attach_named_container),
-        )
+        .route("/exec/{namespace}/{pod}", get(exec))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route("/attach/{namespace}/{pod}", get(attach))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach))
         .with_state(api)
 }
 
@@ -165,91 +156,56 @@ pub(crate) fn query_flag(query: &[(String, String)], key: &str) -> bool {
     }
 }
 
-async fn logs_default_container(
-    State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod)): Path<(String, String)>,
-    Query(query): RawQuery,
-) -> Response {
-    let container = container_from(None, &query);
-    logs::serve(api, namespace, pod, container, query).await
+/// `{namespace}/{pod}` or `{namespace}/{pod}/{container}`: one handler serves both routes.
+#[derive(Deserialize)]
+struct ContainerPath {
+    namespace: String,
+    pod: String,
+    container: Option<String>,
 }
 
-async fn logs_named_container(
+async fn container_logs(
     State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(path): Path<ContainerPath>,
     Query(query): RawQuery,
 ) -> Response {
-    logs::serve(api, namespace, pod, Some(container), query).await
+    let container = container_from(path.container, &query);
+    logs::serve(api, path.namespace, path.pod, container, query).await
 }
 
-async fn exec_default_container(
+async fn exec(
     State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod)): Path<(String, String)>,
+    Path(path): Path<ContainerPath>,
     Query(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let container = container_from(None, &query);
+    serve_stream(stream::Kind::Exec, api, path, query, upgrade).await
+}
+
+async fn attach(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path(path): Path<ContainerPath>,
+    Query(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    serve_stream(stream::Kind::Attach, api, path, query, upgrade).await
+}
+
+/// Exec and attach differ only in `kind`; both take the same lookup and upgrade path.
+async fn serve_stream(
+    kind: stream::Kind,
+    api: Arc<dyn KubeletApi>,
+    path: ContainerPath,
+    query: Vec<(String, String)>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let container = container_from(path.container, &query);
     stream::serve(
-        stream::Kind::Exec,
+        kind,
         api,
-        namespace,
-        pod,
+        path.namespace,
+        path.pod,
         container,
-        query,
-        upgrade,
-    )
-    .await
-}
-
-async fn exec_named_container(
-    State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    stream::serve(
-        stream::Kind::Exec,
-        api,
-        namespace,
-        pod,
-        Some(container),
-        query,
-        upgrade,
-    )
-    .await
-}
-
-async fn attach_default_container(
-    State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod)): Path<(String, String)>,
-    Query(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let container = container_from(None, &query);
-    stream::serve(
-        stream::Kind::Attach,
-        api,
-        namespace,
-        pod,
-        container,
-        query,
-        upgrade,
-    )
-    .await
-}
-
-async fn attach_named_container(
-    State(api): State<Arc<dyn KubeletApi>>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    stream::serve(
-        stream::Kind::Attach,
-        api,
-        namespace,
-        pod,
-        Some(container),
         query,
         upgrade,
     )

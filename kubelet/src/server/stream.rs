@@ -11,11 +11,10 @@
 //! case a runtime keeps them open). When the client goes away the exec future is dropped,
 //! which is how the runtime learns to stop the process.
 //!
-//! Attach: [`rkube_cri::ContainerRuntime`] has no way to reach the main process's stdio,
-//! so attach streams what the container writes to its log files from now on (stdout on
-//! channel 1, stderr on channel 2, both on 1 with a tty) until it stops, and ignores
-//! stdin and resize. `kubectl attach` and `kubectl run -i` therefore show output but cannot
-//! type into the container.
+//! Attach: output is what the container writes to its log files from now on (stdout on
+//! channel 1, stderr on channel 2, both on 1 with a tty) until it stops; stdin goes to
+//! [`rkube_cri::ContainerRuntime::attach`], which reaches the main process of containers
+//! created with `stdin: true`. Resize is ignored: main processes never get a terminal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -348,8 +347,20 @@ async fn attach_session(
     options: StreamOptions,
 ) {
     let (mut sink, source) = socket.split();
-    // Input cannot reach the main process (see the module docs); it is read and dropped.
-    let mut client = spawn_client_reader(source, protocol, None, None);
+    let stdin_sender = options.stdin.then(|| {
+        let (sender, receiver) = mpsc::channel::<Bytes>(16);
+        let (runtime, id) = (runtime.clone(), container_id.clone());
+        // Runs until the client's stdin ends (or the client goes), not until the output
+        // does: stdinOnce is applied when the input is over.
+        tokio::spawn(async move {
+            if let Err(error) = runtime.attach(&id, receiver).await {
+                tracing::warn!(id, %error, "attach: stdin not delivered");
+            }
+        });
+        sender
+    });
+    // Resize does not apply: the main process never has a terminal.
+    let mut client = spawn_client_reader(source, protocol, stdin_sender, None);
     let (stdout_sender, mut stdout_receiver) = mpsc::channel::<Bytes>(16);
     let (stderr_sender, mut stderr_receiver) = mpsc::channel::<Bytes>(16);
     let stdout_follower = tokio::spawn(follow_from_end(

@@ -22,7 +22,7 @@ use crate::{ExecConfig, ExecIo, Result, RuntimeError};
 /// After the process exits, how long its output may still be draining from the shim.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 
-fn mkfifo(path: &Path) -> Result<()> {
+pub(super) fn mkfifo(path: &Path) -> Result<()> {
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
         path,
@@ -255,6 +255,39 @@ async fn run_started(
     }
     let response = waited.map_err(|s| status_error(s, &format!("exec in container {id}")))?;
     Ok(i32::try_from(response.into_inner().exit_status).unwrap_or(255))
+}
+
+/// Copies `stdin` into the main process's stdin FIFO; see [`ContainerRuntime::attach`].
+pub(super) async fn attach(
+    inner: &Arc<RuntimeInner>,
+    id: &str,
+    stdin: mpsc::Receiver<Bytes>,
+) -> Result<()> {
+    let container = inner.get_container(id).await?;
+    let path = inner.stdin_fifo(id);
+    if !path.exists() {
+        return Err(RuntimeError::Other(format!(
+            "container {id} was not created with stdin"
+        )));
+    }
+    // Write-only and non-blocking: fails at once (ENXIO) unless the shim is reading, so
+    // the copy never blocks on a container whose task is gone.
+    let writer = pipe::OpenOptions::new().open_sender(&path)?;
+    copy_in(writer, stdin).await;
+    if RuntimeInner::stdin_once(&container) {
+        // The shim's own write end is what keeps the process from reading end-of-file;
+        // ours is closed by now, so nothing written is lost.
+        inner
+            .tasks()
+            .close_io(inner.connection.request(CloseIoRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                stdin: true,
+            }))
+            .await
+            .map_err(|s| status_error(s, &format!("closing stdin of container {id}")))?;
+    }
+    Ok(())
 }
 
 async fn copy_out(mut reader: pipe::Receiver, sink: Option<mpsc::Sender<Bytes>>) {

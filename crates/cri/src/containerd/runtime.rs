@@ -3,11 +3,12 @@
 //! from the image's top layer, and stdout/stderr going to the kubelet's log files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use containerd_client::events::{TaskExit, TaskOom};
 use containerd_client::services::v1::container::Runtime;
@@ -25,7 +26,7 @@ use containerd_client::types::v1::{Process, Status as TaskStatus};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -41,6 +42,8 @@ use crate::{
 
 /// Marks containers this runtime created (`list` returns only those).
 pub const LABEL_MANAGED: &str = "io.rkube.managed";
+/// Present ("true") on containers created with `stdin_once`.
+const LABEL_STDIN_ONCE: &str = "io.rkube.runtime.stdin-once";
 pub const LABEL_IMAGE_ID: &str = "io.rkube.image.id";
 /// When the task was started (containerd does not record it), RFC 3339.
 pub const LABEL_STARTED_AT: &str = "io.rkube.runtime.started-at";
@@ -257,6 +260,9 @@ impl RuntimeInner {
             .collect();
         labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
         labels.insert(LABEL_IMAGE_ID.to_string(), config.image.id.clone());
+        if config.stdin && config.stdin_once {
+            labels.insert(LABEL_STDIN_ONCE.to_string(), "true".to_string());
+        }
         let container = Container {
             id: id.clone(),
             labels,
@@ -293,11 +299,21 @@ impl RuntimeInner {
         let created = async {
             prepare_log_file(&config.logs.stdout)?;
             prepare_log_file(&config.logs.stderr)?;
+            let stdin = if config.stdin {
+                let path = self.stdin_fifo(id);
+                // A FIFO left by an interrupted create of the same id is as good as new.
+                if !path.exists() {
+                    super::exec::mkfifo(&path)?;
+                }
+                path.display().to_string()
+            } else {
+                String::new()
+            };
             self.tasks()
                 .create(self.connection.request(CreateTaskRequest {
                     container_id: id.clone(),
                     rootfs: mounts,
-                    stdin: String::new(),
+                    stdin,
                     stdout: config.logs.stdout.display().to_string(),
                     stderr: config.logs.stderr.display().to_string(),
                     terminal: false,
@@ -315,6 +331,16 @@ impl RuntimeInner {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// The main process's stdin FIFO of a container created with `stdin`; the shim keeps
+    /// it open for writing (until CloseIO), so attach sessions may come and go.
+    pub(super) fn stdin_fifo(&self, id: &str) -> PathBuf {
+        self.config.fifo_dir.join(format!("{id}.stdin"))
+    }
+
+    pub(super) fn stdin_once(container: &Container) -> bool {
+        container.labels.contains_key(LABEL_STDIN_ONCE)
     }
 
     async fn info(&self, container: Container, task: Option<Process>) -> ContainerInfo {
@@ -613,6 +639,7 @@ impl ContainerRuntime for ContainerdRuntime {
         }
         inner.delete_container_record(id).await?;
         inner.remove_snapshot(id).await?;
+        let _ = std::fs::remove_file(inner.stdin_fifo(id));
         inner.oom_killed.lock().remove(id);
         Ok(())
     }
@@ -657,6 +684,10 @@ impl ContainerRuntime for ContainerdRuntime {
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn attach(&self, id: &str, stdin: mpsc::Receiver<Bytes>) -> Result<()> {
+        super::exec::attach(&self.inner, id, stdin).await
     }
 
     async fn exec(&self, id: &str, config: ExecConfig, io: ExecIo) -> Result<i32> {

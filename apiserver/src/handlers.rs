@@ -634,7 +634,6 @@ async fn write_loop(
 ) -> ApiResult<Value> {
     let resource = req.target.resource;
     let name = req.name().to_string();
-    let key = req.key();
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let (kv, old) = read_current(state, req).await?;
         if let Some(exp) = expected {
@@ -642,7 +641,7 @@ async fn write_loop(
                 return Err(ApiError::conflict(resource, &name).into());
             }
         }
-        let mut new = mutate(&old)?;
+        let new = mutate(&old)?;
         if let Some(body_rv) = parse_resource_version(new["metadata"]["resourceVersion"].as_str())?
         {
             if body_rv != kv.mod_revision {
@@ -655,31 +654,58 @@ async fn write_loop(
         if req.params.dry_run() {
             return Ok(new);
         }
-        if ready_for_removal(resource, &new) {
-            match state.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok((_, rev)) => {
-                    objects::set_resource_version(&mut new, rev);
-                    return Ok(new);
-                }
-                Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
-                Err(e) => return Err(store_error(resource, &name, e)),
-            }
-        }
-        let bytes = objects::encode_for_storage(&mut new)?;
-        match state
-            .store
-            .update(&key, Bytes::from(bytes), kv.mod_revision)
-            .await
-        {
-            Ok(stored) => {
-                objects::set_resource_version(&mut new, stored.mod_revision);
-                return Ok(new);
-            }
-            Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
-            Err(e) => return Err(store_error(resource, &name, e)),
+        match commit(state, req, kv.mod_revision, new, None).await? {
+            Committed::Stored(stored) => return Ok(stored),
+            Committed::Conflict if expected.is_none() => continue,
+            Committed::Conflict => break,
         }
     }
     Err(ApiError::conflict(resource, &name).into())
+}
+
+enum Committed {
+    /// Written (or removed); the object as the client should see it.
+    Stored(Value),
+    /// Someone else wrote first: the caller re-reads and tries again, or reports 409.
+    Conflict,
+}
+
+/// Writes `new` over the version at `base_revision` (compare-and-swap), or, when `new` may
+/// now leave storage (terminating, no finalizers, no grace period left), removes the
+/// object and returns `removed_as` (default: `new`) stamped with the deletion revision.
+async fn commit(
+    state: &ApiState,
+    req: &Request,
+    base_revision: i64,
+    mut new: Value,
+    removed_as: Option<Value>,
+) -> ApiResult<Committed> {
+    let resource = req.target.resource;
+    let key = req.key();
+    if ready_for_removal(resource, &new) {
+        return match state.store.delete(&key, Some(base_revision)).await {
+            Ok((_, rev)) => {
+                let mut gone = removed_as.unwrap_or(new);
+                objects::set_resource_version(&mut gone, rev);
+                Ok(Committed::Stored(gone))
+            }
+            Err(StoreError::Conflict { .. }) => Ok(Committed::Conflict),
+            Err(e) => Err(store_error(resource, req.name(), e)),
+        };
+    }
+    let bytes = objects::encode_for_storage(&mut new)?;
+    match state
+        .store
+        .update(&key, Bytes::from(bytes), base_revision)
+        .await
+    {
+        Ok(stored) => {
+            objects::set_resource_version(&mut new, stored.mod_revision);
+            Ok(Committed::Stored(new))
+        }
+        Err(StoreError::Conflict { .. }) => Ok(Committed::Conflict),
+        Err(e) => Err(store_error(resource, req.name(), e)),
+    }
 }
 
 async fn update(state: Arc<ApiState>, req: Request, scope: UpdateScope) -> ApiResult<Response> {
@@ -839,7 +865,6 @@ async fn delete(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
 async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) -> ApiResult<Value> {
     let resource = req.target.resource;
     let name = req.name().to_string();
-    let key = req.key();
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let (kv, old) = read_current(state, req).await?;
         if let Some(uid) = &opts.precondition_uid {
@@ -902,32 +927,16 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
         if req.params.dry_run() {
             return Ok(marked);
         }
-        if ready_for_removal(resource, &marked) {
-            match state.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok((_, rev)) => {
-                    let mut gone = old;
-                    objects::set_resource_version(&mut gone, rev);
-                    return Ok(gone);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(resource, &name, e)),
-            }
-        }
-        if objects::same_content(&old, &marked) {
+        // A delete that can complete now removes the object and answers with its last
+        // stored state; one that must wait (finalizers, grace) stores the marked object.
+        let removable = ready_for_removal(resource, &marked);
+        if !removable && objects::same_content(&old, &marked) {
             return Ok(old);
         }
-        let bytes = objects::encode_for_storage(&mut marked)?;
-        match state
-            .store
-            .update(&key, Bytes::from(bytes), kv.mod_revision)
-            .await
-        {
-            Ok(stored) => {
-                objects::set_resource_version(&mut marked, stored.mod_revision);
-                return Ok(marked);
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_error(resource, &name, e)),
+        let removed_as = removable.then_some(old);
+        match commit(state, req, kv.mod_revision, marked, removed_as).await? {
+            Committed::Stored(stored) => return Ok(stored),
+            Committed::Conflict => continue,
         }
     }
     Err(ApiError::conflict(resource, &name).into())

@@ -166,8 +166,14 @@ pub async fn run(
     let _ = compactor.await;
     state.cache.join_feeder().await;
     drop(state);
-    // The store closes (and releases its directory) when the last handle goes; handlers
-    // are done and background tasks joined, so that is now, unless a caller still holds it.
+    // The store closes (and releases its directory) when the last handle goes. axum's
+    // connection tasks report completion just before dropping their copy of the router
+    // state, so serve() can return while one still holds the store: wait for them, so
+    // that a restart on the same data directory finds it free.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(store);
     tracing::info!("rkube-apiserver stopped");
     Ok(())

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_controller_manager::{ApiTarget, Config};
@@ -22,10 +24,11 @@ use tokio::task::JoinHandle;
 
 pub struct Env {
     pub url: String,
+    pub addr: SocketAddr,
     pub client: kube::Client,
     pub dir: tempfile::TempDir,
     api_stop: Option<oneshot::Sender<()>>,
-    api_task: Option<JoinHandle<()>>,
+    api_task: Option<ApiTask>,
     kubelet: JoinHandle<()>,
 }
 
@@ -45,37 +48,70 @@ impl Env {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().unwrap();
-        let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-            data_dir: dir.path().join("data"),
-        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let api_task = tokio::spawn(async move {
-            rkube_apiserver::run(config, listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let (tx, api_task) = spawn_api_server(dir.path().join("data"), listener);
         let mut kube_config = kube::Config::new(url.parse().unwrap());
         kube_config.default_namespace = "default".into();
         let client = kube::Client::try_from(kube_config).unwrap();
-        wait_for("API server ready", Duration::from_secs(20), || {
-            let client = client.clone();
-            async move { client.list_core_api_versions().await.is_ok() }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let api_task = wait_until_serving(&client, api_task, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("API server did not start: {e}"));
         std::fs::write(dir.path().join("kubeconfig"), kubeconfig(&url)).unwrap();
         let kubelet = tokio::spawn(simulated_kubelet(client.clone()));
         Env {
             url,
+            addr,
             client,
             dir,
             api_stop: Some(tx),
             api_task: Some(api_task),
             kubelet,
         }
+    }
+
+    /// Stops the API server gracefully and starts a new one on the same address and data dir,
+    /// returning once it serves requests again.
+    pub async fn restart_api_server(&mut self) {
+        if let Some(stop) = self.api_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.api_task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("API server stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+        // `rkube_apiserver::run` can return a moment before the last handle on its store is
+        // dropped (a connection task lets go of the router state just after the server stops
+        // waiting for it), so the new instance may find the directory still locked: retry.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let listener = rebind(self.addr).await;
+            let (tx, task) = spawn_api_server(self.data_dir(), listener);
+            match wait_until_serving(&self.client, task, deadline).await {
+                Ok(task) => {
+                    self.api_stop = Some(tx);
+                    self.api_task = Some(task);
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "API server did not restart: {e}"
+                    );
+                    tracing::debug!("API server restart failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn cm_config(&self, identity: &str) -> Config {
@@ -191,6 +227,61 @@ impl Drop for ControllerManager {
     }
 }
 
+type ApiTask = JoinHandle<Result<(), rkube_apiserver::ServerError>>;
+
+fn spawn_api_server(
+    data_dir: PathBuf,
+    listener: tokio::net::TcpListener,
+) -> (oneshot::Sender<()>, ApiTask) {
+    let config =
+        rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded { data_dir });
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(rkube_apiserver::run(config, listener, async move {
+        let _ = rx.await;
+    }));
+    (tx, task)
+}
+
+/// Waits until the server answers; an error if it exits first.
+async fn wait_until_serving(
+    client: &kube::Client,
+    task: ApiTask,
+    deadline: tokio::time::Instant,
+) -> Result<ApiTask, String> {
+    loop {
+        if task.is_finished() {
+            return Err(match task.await {
+                Ok(Ok(())) => "exited".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            });
+        }
+        if client.list_core_api_versions().await.is_ok() {
+            return Ok(task);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "API server not serving in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The old listener's port may linger briefly after a stop, so binding is retried.
+async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    }
+}
+
 fn kubeconfig(url: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: rkube\n  cluster:\n    server: {url}\ncontexts:\n- name: rkube\n  context:\n    cluster: rkube\n    user: rkube\n    namespace: default\ncurrent-context: rkube\nusers:\n- name: rkube\n  user: {{}}\n"
@@ -201,7 +292,8 @@ fn kubeconfig(url: &str) -> String {
 async fn simulated_kubelet(client: kube::Client) {
     let api: Api<Pod> = Api::all(client.clone());
     let started: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+    let mut events =
+        std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) => p,

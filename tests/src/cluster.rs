@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use rkube_testkit::containerd::ContainerdProcess;
 use serde_json::Value;
 
-use crate::{free_port, kubectl_binary};
+use crate::{free_port, kubectl_binary, Kubectl};
 
 /// The busybox test image, imported by the kubelet at startup.
 pub const IMAGE: &str = "busybox:e2e";
@@ -437,43 +437,28 @@ users:
         .await;
     }
 
-    /// A kubectl command with this cluster's kubeconfig and its own discovery cache.
+    /// The real kubectl pointed at this cluster.
+    pub fn kubectl_runner(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.kubeconfig_path(),
+            cache_dir: self.path("kubectl-cache"),
+            home: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// A kubectl command for this cluster, to be completed and spawned by the caller.
     pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(kubectl_binary());
-        command
-            .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
-            .arg(format!(
-                "--cache-dir={}",
-                self.path("kubectl-cache").display()
-            ))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
+        self.kubectl_runner().command(args)
     }
 
     /// Runs kubectl to completion, whatever its exit status.
     pub async fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_command(args)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl_binary().display()))
+        self.kubectl_runner().run(args).await
     }
 
     /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
-        let output = self.kubectl(args).await;
-        assert!(
-            output.status.success(),
-            "kubectl {} failed ({}):\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.kubectl_runner().run_ok(args).await
     }
 
     /// `kubectl apply -f -` with `manifest` (YAML or JSON) on stdin.

@@ -48,6 +48,53 @@ pub fn kubectl_binary() -> PathBuf {
     }
 }
 
+/// The real kubectl for one cluster: its own kubeconfig, its own discovery cache (kubectl
+/// caches discovery for hours per host:port, which would leak between tests), and no
+/// inherited KUBECONFIG or HOME.
+pub struct Kubectl {
+    pub kubeconfig: PathBuf,
+    pub cache_dir: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Kubectl {
+    /// A command to be completed and spawned by the caller (stdin closed by default).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(kubectl_binary());
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--cache-dir={}", self.cache_dir.display()))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("HOME", &self.home)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs to completion, whatever the exit status.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl_binary().display()))
+    }
+
+    /// Runs and panics with the output unless it succeeds; returns stdout.
+    pub async fn run_ok(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        assert!(
+            output.status.success(),
+            "kubectl {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
 /// The workspace root (holds `examples/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -297,44 +344,28 @@ users:
         kube::Client::try_from(config).expect("building a kube client")
     }
 
-    /// A `kubectl` command for this cluster (own kubeconfig, own discovery cache, no
-    /// inherited KUBECONFIG), to be completed and spawned by the caller.
+    /// The real kubectl pointed at this cluster.
+    pub fn kubectl_runner(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.kubeconfig_path(),
+            cache_dir: self.kubectl_cache_dir(),
+            home: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// A `kubectl` command for this cluster, to be completed and spawned by the caller.
     pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(kubectl_binary());
-        command
-            .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
-            .arg(format!(
-                "--cache-dir={}",
-                self.kubectl_cache_dir().display()
-            ))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        command
+        self.kubectl_runner().command(args)
     }
 
     /// Runs kubectl to completion and returns its output, whatever the exit status.
     pub async fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_command(args)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl_binary().display()))
+        self.kubectl_runner().run(args).await
     }
 
-    /// Runs kubectl and panics with its stderr unless it succeeds; returns stdout.
+    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
-        let output = self.kubectl(args).await;
-        assert!(
-            output.status.success(),
-            "kubectl {} failed ({}):\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.kubectl_runner().run_ok(args).await
     }
 
     /// Polls /readyz until it answers 200.

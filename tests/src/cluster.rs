@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use rkube_testkit::containerd::ContainerdProcess;
 use serde_json::Value;
 
-use crate::{free_port, kubectl_binary, Kubectl};
+use crate::{free_port, kubeconfig_for, kubectl_binary, Kubectl};
 
 /// The busybox test image, imported by the kubelet at startup.
 pub const IMAGE: &str = "busybox:e2e";
@@ -225,7 +225,7 @@ impl NodeCluster {
             containerd: None,
             dir,
         };
-        std::fs::write(cluster.kubeconfig_path(), cluster.kubeconfig())?;
+        std::fs::write(cluster.kubeconfig_path(), kubeconfig_for(&cluster.url))?;
 
         cluster.apiserver = Some(Component::spawn(
             "rkube-apiserver",
@@ -306,29 +306,6 @@ impl NodeCluster {
 
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.path("kubeconfig")
-    }
-
-    fn kubeconfig(&self) -> String {
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: rkube
-  cluster:
-    server: {}
-contexts:
-- name: rkube
-  context:
-    cluster: rkube
-    user: rkube
-    namespace: default
-current-context: rkube
-users:
-- name: rkube
-  user: {{}}
-",
-            self.url
-        )
     }
 
     /// Fails (with the component's log) if a control-plane process or the kubelet died.

@@ -95,6 +95,30 @@ impl Kubectl {
     }
 }
 
+/// A kubeconfig for an rkube API server at `server` (plain HTTP, no credentials), with
+/// `default` as the current namespace.
+pub fn kubeconfig_for(server: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: rkube
+  cluster:
+    server: {server}
+contexts:
+- name: rkube
+  context:
+    cluster: rkube
+    user: rkube
+    namespace: default
+current-context: rkube
+users:
+- name: rkube
+  user: {{}}
+"
+    )
+}
+
 /// The workspace root (holds `examples/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -275,7 +299,7 @@ impl TestCluster {
             dir,
             http,
         };
-        std::fs::write(cluster.kubeconfig_path(), cluster.kubeconfig())
+        std::fs::write(cluster.kubeconfig_path(), kubeconfig_for(&cluster.url()))
             .context("writing kubeconfig")?;
         std::fs::create_dir_all(cluster.kubectl_cache_dir())?;
         cluster.wait_ready().await?;
@@ -306,29 +330,6 @@ impl TestCluster {
 
     fn kubectl_cache_dir(&self) -> PathBuf {
         self.dir.path().join("kubectl-cache")
-    }
-
-    fn kubeconfig(&self) -> String {
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: rkube
-  cluster:
-    server: {}
-contexts:
-- name: rkube
-  context:
-    cluster: rkube
-    user: rkube
-    namespace: default
-current-context: rkube
-users:
-- name: rkube
-  user: {{}}
-",
-            self.url()
-        )
     }
 
     /// A plain HTTP client (30 s timeout) for raw requests against [`TestCluster::url`].

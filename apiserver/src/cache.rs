@@ -338,10 +338,6 @@ impl WatchCache {
         self.state.read().revision
     }
 
-    pub fn subscribe_revision(&self) -> watch::Receiver<Revision> {
-        self.revision_tx.subscribe()
-    }
-
     /// Waits until the cache has applied `revision` (or is at least ready, for `None`).
     pub async fn wait_for(
         &self,

@@ -19,9 +19,7 @@ pub struct Params {
     #[serde(rename = "continue")]
     pub continue_token: Option<String>,
     pub dry_run: Option<String>,
-    pub field_manager: Option<String>,
     pub field_validation: Option<String>,
-    pub force: Option<String>,
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<String>,
     pub include_object: Option<String>,
@@ -71,10 +69,6 @@ impl Params {
     /// silently by clients that re-read the object, and kept by us).
     pub fn strict_fields(&self) -> bool {
         self.field_validation.as_deref() == Some("Strict")
-    }
-
-    pub fn force(&self) -> bool {
-        truthy(&self.force)
     }
 
     pub fn timeout_seconds(&self) -> Result<Option<u64>, ApiError> {

@@ -35,18 +35,7 @@ pub fn init_logging() {
     }
 }
 
-/// The kubectl binary: `$KUBECTL` if set, else /usr/bin/kubectl, else `kubectl` on PATH.
-pub fn kubectl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(path);
-    }
-    let system = PathBuf::from("/usr/bin/kubectl");
-    if system.exists() {
-        system
-    } else {
-        PathBuf::from("kubectl")
-    }
-}
+pub use rkube_testkit::kubectl_binary;
 
 /// The real kubectl for one cluster: its own kubeconfig, its own discovery cache (kubectl
 /// caches discovery for hours per host:port, which would leak between tests), and no

@@ -138,7 +138,7 @@ impl Env {
             .dir
             .path()
             .join(format!("kubectl-cache-{}", uuid::Uuid::new_v4()));
-        tokio::process::Command::new("/usr/bin/kubectl")
+        tokio::process::Command::new(rkube_testkit::kubectl_binary())
             .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
             .arg(format!("--cache-dir={}", cache.display()))
             .args(args)

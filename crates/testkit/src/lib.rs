@@ -6,6 +6,21 @@ pub mod etcd;
 pub mod images;
 
 use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// The kubectl binary: `$KUBECTL` if set, else /usr/bin/kubectl (1.32 on these machines),
+/// else `kubectl` on PATH (where scripts/install-deps put the PyPI build).
+pub fn kubectl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return PathBuf::from(path);
+    }
+    let system = PathBuf::from("/usr/bin/kubectl");
+    if system.exists() {
+        system
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
 
 /// A free TCP port on 127.0.0.1 (bound and released; racy only against other processes
 /// picking ports at the same moment, which is acceptable for tests).

@@ -109,7 +109,7 @@ impl LogOptions {
                     "at most one of `sinceTime` or `sinceSeconds` may be specified".into(),
                 ))
             }
-            (Some(seconds), None) => Some(now - chrono::Duration::seconds(seconds)),
+            (Some(seconds), None) => Some(since_seconds_ago(now, seconds)?),
             (None, time) => time,
         };
         Ok(LogOptions {
@@ -121,6 +121,27 @@ impl LogOptions {
             limit_bytes,
         })
     }
+}
+
+/// `now - seconds`, or a 400 when that is before the earliest time a timestamp can name
+/// (year 1, Go's zero time), rather than an arithmetic overflow.
+fn since_seconds_ago(now: DateTime<Utc>, seconds: i64) -> Result<DateTime<Utc>, RequestError> {
+    let earliest = DateTime::<Utc>::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(1, 1, 1)
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .unwrap_or(chrono::NaiveDateTime::MIN),
+        Utc,
+    );
+    let max = (now - earliest).num_seconds();
+    chrono::Duration::try_seconds(seconds)
+        .and_then(|ago| now.checked_sub_signed(ago))
+        .filter(|since| *since >= earliest)
+        .ok_or_else(|| {
+            RequestError::BadRequest(format!(
+                "sinceSeconds: Invalid value: {seconds}: must be less than or equal to {max} \
+                 (the seconds since 0001-01-01T00:00:00Z)"
+            ))
+        })
 }
 
 /// A container whose end finishes a follow.
@@ -534,11 +555,34 @@ mod tests {
         assert!(LogOptions::parse(&query(&[("tailLines", "-1")]), now).is_err());
         assert!(LogOptions::parse(&query(&[("tailLines", "x")]), now).is_err());
         assert!(LogOptions::parse(&query(&[("sinceSeconds", "0")]), now).is_err());
+        let century = LogOptions::parse(&query(&[("sinceSeconds", "3155760000")]), now).unwrap();
+        assert_eq!(
+            century.since,
+            Some(now - chrono::Duration::seconds(3_155_760_000))
+        );
         assert!(LogOptions::parse(
             &query(&[("sinceSeconds", "1"), ("sinceTime", "2024-01-01T00:00:00Z")]),
             now
         )
         .is_err());
+    }
+
+    #[test]
+    fn huge_since_seconds_is_a_bad_request_not_an_overflow() {
+        let now = Utc::now();
+        // Past chrono's Duration range, past the date range, and just past year 1.
+        let just_past_year_one = (now.timestamp() + 62_135_596_800 + 1).to_string();
+        for huge in ["9223372036854775807", "10000000000000", &just_past_year_one] {
+            match LogOptions::parse(&query(&[("sinceSeconds", huge)]), now) {
+                Err(RequestError::BadRequest(message)) => {
+                    assert!(
+                        message.starts_with(&format!("sinceSeconds: Invalid value: {huge}:")),
+                        "{message}"
+                    )
+                }
+                other => panic!("sinceSeconds={huge}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

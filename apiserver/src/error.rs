@@ -48,6 +48,9 @@ pub fn store_error(resource: &ResourceInfo, name: &str, err: StoreError) -> Erro
             "Too large resource version: {requested}, current: {current}"
         )),
         StoreError::Unavailable(msg) => ApiError::service_unavailable(format!("storage unavailable: {msg}")),
+        StoreError::TooLarge { limit, .. } => {
+            ApiError::too_large(format!("Request entity too large: limit is {limit}"))
+        }
         other => ApiError::internal(other.to_string()),
     };
     ErrorResponse(api)

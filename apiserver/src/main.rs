@@ -29,6 +29,13 @@ struct Flags {
     /// Directory of the embedded store (used unless --etcd-servers is given).
     #[arg(long, default_value = "./rkube-data")]
     data_dir: PathBuf,
+    /// Salvage a damaged embedded store log before serving: keep the records before the
+    /// damage, keep the damaged log as <data-dir>/wal.damaged-<unix seconds>, and log what
+    /// was dropped. Only for a store that refuses to open because its log is damaged in the
+    /// middle (a torn final write is always cut without it); acknowledged writes after the
+    /// damage are lost, so copy the data directory first.
+    #[arg(long)]
+    embedded_repair: bool,
     /// Comma-separated etcd client URLs; selects the etcd backend.
     #[arg(long, value_delimiter = ',')]
     etcd_servers: Vec<String>,
@@ -52,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let flags = Flags::parse();
+    if flags.embedded_repair && flags.etcd_servers.is_empty() {
+        repair_embedded_store(flags.data_dir.clone()).await?;
+    }
     let storage = if flags.etcd_servers.is_empty() {
         StorageConfig::Embedded {
             data_dir: flags.data_dir,
@@ -86,5 +96,25 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     rkube_apiserver::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+/// Opens the embedded store once in repair mode (it logs what it dropped) and closes it, so
+/// that the server then opens a log that is intact.
+async fn repair_embedded_store(data_dir: PathBuf) -> anyhow::Result<()> {
+    let options = rkube_store::embedded::EmbeddedOptions {
+        repair: true,
+        ..Default::default()
+    };
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        rkube_store::embedded::EmbeddedStore::open_with(&dir, options)
+    })
+    .await?
+    .with_context(|| format!("repairing the store in {}", data_dir.display()))?;
+    if store.repair_report().is_none() {
+        tracing::info!(data_dir = %data_dir.display(), "--embedded-repair: the store log is intact; nothing to repair");
+    }
+    tokio::task::spawn_blocking(move || drop(store)).await?;
     Ok(())
 }

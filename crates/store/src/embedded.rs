@@ -42,6 +42,7 @@ const WAL_FILE: &str = "wal";
 const SNAPSHOT_FILE: &str = "snapshot";
 const LOCK_FILE: &str = "LOCK";
 const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
+const WAL_REPAIR_TMP_FILE: &str = "wal.repair";
 /// Upper bound on requests committed by one fsync, so one group's latency stays bounded.
 const MAX_GROUP: usize = 1024;
 
@@ -53,6 +54,14 @@ pub struct EmbeddedOptions {
     pub snapshot_min_log_bytes: u64,
     /// Committed batches a watcher may fall behind before its stream is ended.
     pub watch_buffer: usize,
+    /// Largest value a write may store; larger ones fail with [`StoreError::TooLarge`].
+    /// Capped at what the log reader accepts, so nothing written is unreadable.
+    pub max_value_bytes: usize,
+    /// Salvage a log damaged in the middle (anything but a torn final write, which is always
+    /// cut): keep the records before the damage, keep the damaged file as
+    /// `wal.damaged-<unix seconds>`, and report what was dropped in
+    /// [`EmbeddedStore::repair_report`]. Without it such a log stops the store from opening.
+    pub repair: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -60,7 +69,46 @@ impl Default for EmbeddedOptions {
         Self {
             snapshot_min_log_bytes: 64 << 20,
             watch_buffer: 1024,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            repair: false,
         }
+    }
+}
+
+/// Far above the API server's object limit (etcd's 1.5 MiB request limit), far below the
+/// log's 1 GiB record bound.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 20;
+
+/// What a repair dropped; its `Display` is the message an operator reads.
+#[derive(Clone, Debug)]
+pub struct RepairReport {
+    /// The damaged log, kept as it was.
+    pub damaged_copy: PathBuf,
+    pub damage_offset: usize,
+    pub reason: String,
+    /// Records kept (everything before the damage).
+    pub kept_records: usize,
+    pub dropped_bytes: usize,
+    /// Intact records found after the damage and dropped with it.
+    pub dropped_records: usize,
+    pub dropped_revisions: Option<(Revision, Revision)>,
+}
+
+impl std::fmt::Display for RepairReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "store log repaired: kept {} records before byte {}; dropped {} bytes ({}) holding {} intact records",
+            self.kept_records, self.damage_offset, self.dropped_bytes, self.reason, self.dropped_records
+        )?;
+        if let Some((lo, hi)) = self.dropped_revisions {
+            write!(f, " (revisions {lo} to {hi})")?;
+        }
+        write!(
+            f,
+            "; the damaged log is kept at {}",
+            self.damaged_copy.display()
+        )
     }
 }
 
@@ -386,6 +434,7 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    repair_report: Option<RepairReport>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -417,15 +466,27 @@ impl EmbeddedStore {
                 ),
             )));
         }
-        let tmp = dir.join(SNAPSHOT_TMP_FILE);
-        if tmp.exists() {
-            std::fs::remove_file(&tmp)?;
+        // Leftovers of a snapshot or repair interrupted before its rename.
+        for leftover in [SNAPSHOT_TMP_FILE, WAL_REPAIR_TMP_FILE] {
+            let tmp = dir.join(leftover);
+            if tmp.exists() {
+                std::fs::remove_file(&tmp)?;
+            }
         }
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let mut state = if snapshot_path.exists() {
             let buf = std::fs::read(&snapshot_path)?;
+            let parsed = wal::parse(&buf);
             // The snapshot was fsync'd before it was renamed into place: no torn tail allowed.
-            State::load_snapshot(wal::parse(&buf, false)?.records)?
+            if let Some(damage) = parsed.damage {
+                return Err(StoreError::Corrupt(format!(
+                    "store snapshot {} is damaged at byte {} ({}); restore the data directory from a backup",
+                    snapshot_path.display(),
+                    damage.offset,
+                    damage.reason
+                )));
+            }
+            State::load_snapshot(parsed.records).map_err(|e| in_file(&snapshot_path, e))?
         } else {
             State::new()
         };
@@ -438,7 +499,31 @@ impl EmbeddedStore {
         } else {
             Vec::new()
         };
-        let parsed = wal::parse(&buf, true)?;
+        let parsed = wal::parse(&buf);
+        let mut repair_report = None;
+        let mut cut_tail = false;
+        if let Some(damage) = &parsed.damage {
+            if damage.is_torn_tail() {
+                tracing::warn!(
+                    path = %wal_path.display(),
+                    valid_bytes = parsed.valid_len,
+                    cut_bytes = buf.len() - parsed.valid_len,
+                    zero_filled = damage.all_zero,
+                    reason = %damage.reason,
+                    "cutting off a torn final write in the store log"
+                );
+                cut_tail = true;
+            } else if options.repair {
+                let report = salvage_log(dir, &wal_path, &buf, &parsed, damage)?;
+                tracing::warn!("{report}");
+                repair_report = Some(report);
+            } else {
+                return Err(StoreError::Corrupt(damaged_log_message(
+                    &wal_path, &parsed, damage,
+                )));
+            }
+        }
+        let valid_len = parsed.valid_len;
         drop(buf);
         for record in parsed.records {
             let already_in_snapshot = match &record {
@@ -449,20 +534,15 @@ impl EmbeddedStore {
                 _ => false,
             };
             if !already_in_snapshot {
-                state.apply(record)?;
+                state.apply(record).map_err(|e| in_file(&wal_path, e))?;
             }
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&wal_path)?;
-        if parsed.torn_tail {
-            tracing::warn!(
-                path = %wal_path.display(),
-                valid_bytes = parsed.valid_len,
-                "cutting off a torn final write in the store log"
-            );
-            file.set_len(parsed.valid_len as u64)?;
+        if cut_tail {
+            file.set_len(valid_len as u64)?;
             file.sync_all()?;
         }
         if !wal_existed {
@@ -479,7 +559,7 @@ impl EmbeddedStore {
             shared: shared.clone(),
             dir: dir.to_path_buf(),
             wal: file,
-            wal_len: parsed.valid_len as u64,
+            wal_len: valid_len as u64,
             next_snapshot_check: options.snapshot_min_log_bytes,
             options,
             failed: None,
@@ -492,7 +572,14 @@ impl EmbeddedStore {
             shared,
             requests: Some(tx),
             writer: Some(handle),
+            repair_report,
         })
+    }
+
+    /// What opening with [`EmbeddedOptions::repair`] dropped; `None` when the log needed no
+    /// repair.
+    pub fn repair_report(&self) -> Option<&RepairReport> {
+        self.repair_report.as_ref()
     }
 
     /// Writes a snapshot now and empties the log, whatever their sizes (e.g. before a
@@ -525,6 +612,73 @@ impl Drop for EmbeddedStore {
             let _ = handle.join();
         }
     }
+}
+
+fn in_file(path: &Path, error: StoreError) -> StoreError {
+    match error {
+        StoreError::Corrupt(message) => {
+            StoreError::Corrupt(format!("{}: {message}", path.display()))
+        }
+        other => other,
+    }
+}
+
+fn damaged_log_message(path: &Path, parsed: &wal::Parsed, damage: &wal::Damage) -> String {
+    let revisions = damage
+        .revisions_after
+        .map(|(lo, hi)| format!(" (revisions {lo} to {hi})"))
+        .unwrap_or_default();
+    format!(
+        "store log {} is damaged at byte {} ({}), and {} intact records{revisions} follow the damage; \
+         refusing to open, since cutting the log there would drop acknowledged writes. Restore the \
+         data directory from a backup, or start once with --embedded-repair to keep the {} records \
+         before byte {} and set the damaged log aside",
+        path.display(),
+        damage.offset,
+        damage.reason,
+        damage.intact_after,
+        parsed.records.len(),
+        damage.offset,
+    )
+}
+
+/// Replaces the log by its intact prefix, keeping the damaged original next to it. At every
+/// instant `wal` is either the original or the complete prefix: a crash mid-repair loses
+/// nothing.
+fn salvage_log(
+    dir: &Path,
+    wal_path: &Path,
+    buf: &[u8],
+    parsed: &wal::Parsed,
+    damage: &wal::Damage,
+) -> Result<RepairReport, StoreError> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut damaged_copy = dir.join(format!("{WAL_FILE}.damaged-{seconds}"));
+    let mut n = 1;
+    while damaged_copy.exists() {
+        damaged_copy = dir.join(format!("{WAL_FILE}.damaged-{seconds}.{n}"));
+        n += 1;
+    }
+    let tmp = dir.join(WAL_REPAIR_TMP_FILE);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&buf[..parsed.valid_len])?;
+        file.sync_all()?;
+    }
+    std::fs::hard_link(wal_path, &damaged_copy)?;
+    std::fs::rename(&tmp, wal_path)?;
+    sync_dir(dir)?;
+    Ok(RepairReport {
+        damaged_copy,
+        damage_offset: damage.offset,
+        reason: damage.reason.clone(),
+        kept_records: parsed.records.len(),
+        dropped_bytes: buf.len() - parsed.valid_len,
+        dropped_records: damage.intact_after,
+        dropped_revisions: damage.revisions_after,
+    })
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -675,6 +829,10 @@ impl Writer {
         for request in group {
             match request {
                 Request::Create { key, value, reply } => {
+                    if let Some(error) = self.oversized(&key, &value) {
+                        planned.push(Planned::Rejected(Rejection::Kv(reply, error)));
+                        continue;
+                    }
                     if current(&pending, &key).is_some() {
                         planned.push(Planned::Rejected(Rejection::Kv(
                             reply,
@@ -711,6 +869,10 @@ impl Writer {
                     expected,
                     reply,
                 } => {
+                    if let Some(error) = self.oversized(&key, &value) {
+                        planned.push(Planned::Rejected(Rejection::Kv(reply, error)));
+                        continue;
+                    }
                     let Some(existing) = current(&pending, &key) else {
                         planned.push(Planned::Rejected(Rejection::Kv(
                             reply,
@@ -810,6 +972,18 @@ impl Writer {
             }
         }
         (planned, records)
+    }
+
+    /// A record the log reader would take for garbage must never be written: it and every
+    /// later write would be cut off as a torn tail on the next open.
+    fn oversized(&self, key: &str, value: &Bytes) -> Option<StoreError> {
+        let record_limit = wal::MAX_PAYLOAD.saturating_sub(wal::kv_payload_len(key, &[]));
+        let limit = self.options.max_value_bytes.min(record_limit);
+        (value.len() > limit).then(|| StoreError::TooLarge {
+            key: key.to_string(),
+            size: value.len(),
+            limit,
+        })
     }
 
     fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {

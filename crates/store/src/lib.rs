@@ -107,6 +107,13 @@ pub enum StoreError {
     /// Stored data could not be decoded; the store refuses to guess.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
+    /// A value larger than the backend stores; nothing was written.
+    #[error("value for key {key:?} is {size} bytes, over the storage limit of {limit} bytes")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// An MVCC key-value store. All methods are safe to call concurrently.

@@ -569,6 +569,152 @@ mod embedded_durability {
         ));
     }
 
+    /// Writes `/d/1`..`/d/5` and returns the log's record boundaries.
+    async fn five_records(dir: &std::path::Path) -> Vec<usize> {
+        let store = open(dir);
+        let mut ends = vec![0];
+        for i in 1..=5 {
+            store.create(&format!("/d/{i}"), b("v")).await.unwrap();
+            ends.push(std::fs::metadata(dir.join("wal")).unwrap().len() as usize);
+        }
+        ends
+    }
+
+    async fn keys(store: &EmbeddedStore) -> Vec<String> {
+        let list = store.list("/d/", None).await.unwrap();
+        list.kvs.into_iter().map(|kv| kv.key).collect()
+    }
+
+    #[tokio::test]
+    async fn damaged_length_in_the_middle_stops_the_store_until_repaired() {
+        for bad_len in [u32::MAX, 0, 7_000, 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let ends = five_records(dir.path()).await;
+            let wal = dir.path().join("wal");
+            let mut bytes = std::fs::read(&wal).unwrap();
+            // The length field of the third record (revision 4).
+            bytes[ends[2]..ends[2] + 4].copy_from_slice(&bad_len.to_le_bytes());
+            std::fs::write(&wal, &bytes).unwrap();
+
+            let err = EmbeddedStore::open(dir.path()).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{message}");
+            assert!(message.contains(&wal.display().to_string()), "{message}");
+            assert!(message.contains(&format!("byte {}", ends[2])), "{message}");
+            assert!(message.contains("--embedded-repair"), "{message}");
+            // Refusing must not touch the log.
+            assert_eq!(std::fs::read(&wal).unwrap(), bytes);
+
+            let repair = EmbeddedOptions {
+                repair: true,
+                ..EmbeddedOptions::default()
+            };
+            let store = EmbeddedStore::open_with(dir.path(), repair.clone()).unwrap();
+            let report = store.repair_report().expect("a repair report").clone();
+            assert_eq!(keys(&store).await, ["/d/1", "/d/2"], "length {bad_len}");
+            assert_eq!(report.damage_offset, ends[2]);
+            assert_eq!(report.kept_records, 2);
+            assert_eq!(report.dropped_records, 2, "{report}");
+            assert_eq!(report.dropped_revisions, Some((5, 6)), "{report}");
+            assert_eq!(std::fs::read(&report.damaged_copy).unwrap(), bytes);
+            let kv = store.create("/d/new", b("n")).await.unwrap();
+            assert_eq!(kv.mod_revision, 4);
+            drop(store);
+            // The repaired log opens without the flag, and a second repair has nothing to do.
+            let store = open(dir.path());
+            assert_eq!(keys(&store).await, ["/d/1", "/d/2", "/d/new"]);
+            drop(store);
+            let store = EmbeddedStore::open_with(dir.path(), repair).unwrap();
+            assert!(store.repair_report().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn zero_filled_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let ends = five_records(dir.path()).await;
+        let wal = dir.path().join("wal");
+        let intact = std::fs::read(&wal).unwrap();
+        // Preallocated blocks after a power loss: zeros after the last record, and zeros
+        // over the second half of a last record that was never acknowledged.
+        let all = ["/d/1", "/d/2", "/d/3", "/d/4", "/d/5"];
+        for (damaged, expected) in [
+            ([intact.clone(), vec![0; 8192]].concat(), &all[..]),
+            (
+                [&intact[..ends[4] + 10], &[0; 4096][..]].concat(),
+                &all[..4],
+            ),
+        ] {
+            std::fs::write(&wal, &damaged).unwrap();
+            let store = open(dir.path());
+            assert_eq!(keys(&store).await, expected);
+            drop(store);
+            let kept = std::fs::metadata(&wal).unwrap().len() as usize;
+            assert_eq!(
+                kept,
+                ends[expected.len()],
+                "the zeros are cut from the file"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_values_are_refused_and_later_writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            // Past the log's 1 GiB record bound: before this was checked, such a write was
+            // acknowledged and then read back as a torn tail, cutting off every later write.
+            // (Zeroed memory is never touched: the size alone refuses it.)
+            let huge = Bytes::from(vec![0u8; 1 << 30]);
+            match store.create("/o/huge", huge).await {
+                Err(StoreError::TooLarge { size, limit, .. }) => {
+                    assert_eq!(size, 1 << 30);
+                    assert!(limit < 1 << 30);
+                }
+                other => panic!("expected TooLarge, got {other:?}"),
+            }
+            store.create("/o/after", b("kept")).await.unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.get("/o/after").await.unwrap().unwrap().value,
+            b("kept")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions {
+            max_value_bytes: 1000,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
+        let kv = store
+            .create("/o/a", Bytes::from(vec![b'a'; 1000]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.create("/o/b", Bytes::from(vec![b'b'; 1001])).await,
+            Err(StoreError::TooLarge {
+                size: 1001,
+                limit: 1000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store
+                .update("/o/a", Bytes::from(vec![b'a'; 1001]), kv.mod_revision)
+                .await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        // Refused writes take no revision and leave nothing behind.
+        assert_eq!(store.current_revision().await.unwrap(), kv.mod_revision);
+        let after = store.create("/o/c", b("c")).await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+        assert_eq!(store.get("/o/c").await.unwrap().unwrap(), after);
+        assert!(store.get("/o/b").await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn snapshot_then_restart_keeps_state_and_history() {
         let dir = tempfile::tempdir().unwrap();

@@ -6,11 +6,15 @@
 
 use bytes::Bytes;
 
-use crate::{Revision, StoreError};
+use crate::Revision;
 
 const FRAME_HEADER: usize = 8;
-/// Far above any sane record; a length beyond this is garbage, not a big value.
-const MAX_PAYLOAD: usize = 1 << 30;
+/// The largest record payload a reader accepts; a length beyond it is garbage, not a big
+/// value. The writer refuses anything larger (see `kv_payload_len`), so everything written
+/// can be read back.
+pub(super) const MAX_PAYLOAD: usize = 1 << 30;
+/// The smallest payload the writer produces (a tag and one revision).
+const MIN_PAYLOAD: usize = 1 + 8;
 
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
@@ -110,12 +114,36 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// The records of a file plus how many leading bytes of it are valid.
+/// The records of a file up to its first damaged byte, and what that damage looks like.
 pub(super) struct Parsed {
     pub records: Vec<Record>,
+    /// Leading bytes holding intact records; everything after is damaged (or absent).
     pub valid_len: usize,
-    /// True when bytes after `valid_len` were dropped as a torn final write.
-    pub torn_tail: bool,
+    pub damage: Option<Damage>,
+}
+
+/// Bytes at `offset` that are not an intact record.
+#[derive(Debug)]
+pub(super) struct Damage {
+    pub offset: usize,
+    pub reason: String,
+    /// Intact records found after the damage (scanning byte by byte). None means the damage
+    /// runs to the end of the file: a torn final write, which is safe to cut because its
+    /// writer never got an answer. Any means acknowledged data would be dropped.
+    pub intact_after: usize,
+    /// Revisions of the intact records after the damage, for the repair report.
+    pub revisions_after: Option<(Revision, Revision)>,
+    /// The damage is nothing but zero bytes (preallocated blocks after a power loss).
+    pub all_zero: bool,
+    /// A record with a valid checksum that does not decode: written whole (perhaps
+    /// acknowledged), so never a torn write.
+    pub undecodable: bool,
+}
+
+impl Damage {
+    pub fn is_torn_tail(&self) -> bool {
+        self.intact_after == 0 && !self.undecodable
+    }
 }
 
 enum Frame<'a> {
@@ -123,77 +151,123 @@ enum Frame<'a> {
         payload: &'a [u8],
         next: usize,
     },
-    /// The frame runs past the end of the file: a write cut short.
-    Incomplete,
-    BadChecksum {
-        next: usize,
-    },
+    /// Not a record: a length running past the end of the file or beyond any record the
+    /// writer produces, or a checksum mismatch.
+    Bad(String),
 }
 
 fn frame_at(buf: &[u8], offset: usize) -> Frame<'_> {
     let rest = &buf[offset..];
     if rest.len() < FRAME_HEADER {
-        return Frame::Incomplete;
+        return Frame::Bad(format!(
+            "{} stray bytes where a record header belongs",
+            rest.len()
+        ));
     }
     let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
     let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len > MAX_PAYLOAD || rest.len() < FRAME_HEADER + len {
-        return Frame::Incomplete;
+    if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len) {
+        return Frame::Bad(format!("impossible record length {len}"));
+    }
+    if rest.len() < FRAME_HEADER + len {
+        return Frame::Bad(format!(
+            "record length {len} runs past the end of the file ({} bytes left)",
+            rest.len() - FRAME_HEADER
+        ));
+    }
+    if !(TAG_PUT..=TAG_BASE_KV).contains(&rest[FRAME_HEADER]) {
+        return Frame::Bad(format!("unknown record tag {}", rest[FRAME_HEADER]));
     }
     let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-    let next = offset + FRAME_HEADER + len;
     if crc32(payload) == crc {
-        Frame::Good { payload, next }
+        Frame::Good {
+            payload,
+            next: offset + FRAME_HEADER + len,
+        }
     } else {
-        Frame::BadChecksum { next }
+        Frame::Bad("checksum mismatch".into())
     }
 }
 
-/// Parses a whole file. With `tolerate_torn_tail`, a damaged last write is cut off; damage
-/// followed by an intact record means the middle of the file is bad, which is `Corrupt`.
-pub(super) fn parse(buf: &[u8], tolerate_torn_tail: bool) -> Result<Parsed, StoreError> {
+/// Parses a whole file, stopping at the first damaged byte. Whether damage may be cut off
+/// is the caller's decision; [`Damage`] says whether anything intact follows it.
+pub(super) fn parse(buf: &[u8]) -> Parsed {
     let mut records = Vec::new();
     let mut offset = 0;
     while offset < buf.len() {
-        match frame_at(buf, offset) {
-            Frame::Good { payload, next } => {
-                let record = decode(payload)
-                    .map_err(|e| StoreError::Corrupt(format!("record at byte {offset}: {e}")))?;
-                records.push(record);
-                offset = next;
-            }
-            Frame::Incomplete if tolerate_torn_tail => {
-                return Ok(Parsed {
-                    records,
-                    valid_len: offset,
-                    torn_tail: true,
-                })
-            }
-            Frame::BadChecksum { next } if tolerate_torn_tail => {
-                // A crash mid-write only damages the final write, so nothing intact may follow.
-                if next < buf.len() && matches!(frame_at(buf, next), Frame::Good { .. }) {
-                    return Err(StoreError::Corrupt(format!(
-                        "checksum mismatch at byte {offset} followed by intact records"
-                    )));
+        let (reason, undecodable) = match frame_at(buf, offset) {
+            Frame::Good { payload, next } => match decode(payload) {
+                Ok(record) => {
+                    records.push(record);
+                    offset = next;
+                    continue;
                 }
-                return Ok(Parsed {
-                    records,
-                    valid_len: offset,
-                    torn_tail: true,
-                });
-            }
-            Frame::Incomplete | Frame::BadChecksum { .. } => {
-                return Err(StoreError::Corrupt(format!(
-                    "damaged record at byte {offset}"
-                )))
-            }
-        }
+                Err(e) => (
+                    format!("undecodable record with a valid checksum: {e}"),
+                    true,
+                ),
+            },
+            Frame::Bad(reason) => (reason, false),
+        };
+        let (intact_after, revisions_after) = scan_intact(buf, offset + 1);
+        return Parsed {
+            records,
+            valid_len: offset,
+            damage: Some(Damage {
+                offset,
+                reason,
+                intact_after,
+                revisions_after,
+                all_zero: buf[offset..].iter().all(|b| *b == 0),
+                undecodable,
+            }),
+        };
     }
-    Ok(Parsed {
+    Parsed {
         records,
         valid_len: offset,
-        torn_tail: false,
-    })
+        damage: None,
+    }
+}
+
+/// Counts intact records anywhere in `buf[from..]`, resynchronising byte by byte after
+/// garbage. A false match needs a plausible length, a known tag, a matching CRC-32 and a
+/// payload that decodes, so garbage or a torn write is not mistaken for a record.
+fn scan_intact(buf: &[u8], from: usize) -> (usize, Option<(Revision, Revision)>) {
+    let mut count = 0;
+    let mut revisions: Option<(Revision, Revision)> = None;
+    let mut offset = from;
+    while offset < buf.len() {
+        if let Frame::Good { payload, next } = frame_at(buf, offset) {
+            if let Ok(record) = decode(payload) {
+                count += 1;
+                if let Some(r) = record.revision() {
+                    revisions = Some(revisions.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
+                }
+                offset = next;
+                continue;
+            }
+        }
+        offset += 1;
+    }
+    (count, revisions)
+}
+
+impl Record {
+    /// The revision of a log record (snapshot records have none of their own).
+    pub fn revision(&self) -> Option<Revision> {
+        match self {
+            Record::Put { revision, .. }
+            | Record::Delete { revision, .. }
+            | Record::Compact { revision } => Some(*revision),
+            Record::SnapshotHeader { .. } | Record::BaseKv { .. } => None,
+        }
+    }
+}
+
+/// Payload bytes of a record holding `key` and `value` (a log Put or a snapshot BaseKv).
+pub(super) fn kv_payload_len(key: &str, value: &[u8]) -> usize {
+    1 + 8 + 8 + 4 + key.len() + 4 + value.len()
 }
 
 struct Reader<'a> {
@@ -298,40 +372,73 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn round_trip() {
+    fn encoded(records: &[Record]) -> Vec<u8> {
         let mut buf = Vec::new();
-        for r in sample() {
-            encode(&r, &mut buf);
+        for r in records {
+            encode(r, &mut buf);
         }
-        let parsed = parse(&buf, false).unwrap();
-        assert_eq!(parsed.records, sample());
-        assert_eq!(parsed.valid_len, buf.len());
-        assert!(!parsed.torn_tail);
+        buf
     }
 
     #[test]
-    fn torn_tail_is_cut_and_middle_damage_is_corrupt() {
-        let mut buf = Vec::new();
-        for r in sample() {
-            encode(&r, &mut buf);
-        }
+    fn round_trip() {
+        let buf = encoded(&sample());
+        let parsed = parse(&buf);
+        assert_eq!(parsed.records, sample());
+        assert_eq!(parsed.valid_len, buf.len());
+        assert!(parsed.damage.is_none());
+    }
+
+    #[test]
+    fn torn_tail_is_told_apart_from_middle_damage() {
+        let buf = encoded(&sample());
         let full = buf.len();
         // Cut inside the last record.
-        let parsed = parse(&buf[..full - 3], true).unwrap();
+        let parsed = parse(&buf[..full - 3]);
         assert_eq!(parsed.records.len(), 2);
-        assert!(parsed.torn_tail);
-        assert!(parse(&buf[..full - 3], false).is_err());
+        assert!(parsed.damage.unwrap().is_torn_tail());
 
-        // Flip a byte in the first record's payload: intact records follow, so corrupt.
+        // Flip a byte in the first record's payload: intact records follow.
         let mut damaged = buf.clone();
         damaged[FRAME_HEADER + 2] ^= 0xff;
-        assert!(matches!(parse(&damaged, true), Err(StoreError::Corrupt(_))));
+        let parsed = parse(&damaged);
+        assert!(parsed.records.is_empty());
+        let damage = parsed.damage.unwrap();
+        assert_eq!(damage.offset, 0);
+        assert_eq!(damage.intact_after, 2);
+        assert_eq!(damage.revisions_after, Some((3, 3)));
+        assert!(!damage.is_torn_tail());
 
         // Flip a byte in the last record: a torn final write.
         let mut damaged = buf.clone();
         damaged[full - 1] ^= 0xff;
-        let parsed = parse(&damaged, true).unwrap();
+        let parsed = parse(&damaged);
         assert_eq!(parsed.records.len(), 2);
+        assert!(parsed.damage.unwrap().is_torn_tail());
+    }
+
+    #[test]
+    fn damaged_length_fields_are_not_torn_tails() {
+        let buf = encoded(&sample());
+        // Too long to be a record, too short to reach the next frame, and zero.
+        for len in [u32::MAX, 40, 0] {
+            let mut damaged = buf.clone();
+            damaged[..4].copy_from_slice(&len.to_le_bytes());
+            let damage = parse(&damaged).damage.unwrap();
+            assert_eq!(damage.offset, 0, "length {len}");
+            assert_eq!(damage.intact_after, 2, "length {len}");
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_a_torn_tail() {
+        let mut buf = encoded(&sample());
+        let full = buf.len();
+        buf.resize(full + 4096, 0);
+        let parsed = parse(&buf);
+        assert_eq!(parsed.records, sample());
+        assert_eq!(parsed.valid_len, full);
+        let damage = parsed.damage.unwrap();
+        assert!(damage.all_zero && damage.is_torn_tail());
     }
 }

@@ -559,20 +559,15 @@ impl WatchCache {
         let resource = resource_of_key(&ev.kv.key);
         // Decode outside the lock: readers should never wait on JSON parsing.
         let decoded = match (resource, ev.kind) {
-            (Some(resource), EventKind::Put) => {
-                match CachedObject::from_stored(
+            (Some(resource), EventKind::Put) => Some(
+                CachedObject::from_stored(
                     resource,
                     ev.kv.key.clone(),
                     ev.kv.value.clone(),
                     revision,
-                ) {
-                    Ok(o) => Some(Arc::new(o)),
-                    Err(e) => {
-                        tracing::error!(key = %ev.kv.key, error = %e, "watch cache: undecodable object ignored");
-                        None
-                    }
-                }
-            }
+                )
+                .map(Arc::new),
+            ),
             _ => None,
         };
         let mut st = self.state.write();
@@ -583,7 +578,7 @@ impl WatchCache {
         if let Some(resource) = resource {
             let map = st.objects.entry(resource.plural).or_default();
             let event = match (ev.kind, decoded) {
-                (EventKind::Put, Some(obj)) => {
+                (EventKind::Put, Some(Ok(obj))) => {
                     let prev = map.insert(ev.kv.key, obj.clone());
                     Some(CacheEvent {
                         revision,
@@ -592,6 +587,24 @@ impl WatchCache {
                         prev,
                         deleted: false,
                     })
+                }
+                (EventKind::Put, Some(Err(error))) => {
+                    // No event can describe this change, and keeping the old copy would serve
+                    // a version storage no longer has. Treat the object as absent, as the
+                    // initial list does, and make every watcher start over: resuming from
+                    // before this revision is refused (410), so clients relist.
+                    let dropped = map.remove(&ev.kv.key).is_some();
+                    tracing::error!(
+                        key = %ev.kv.key,
+                        revision,
+                        %error,
+                        dropped_cached_copy = dropped,
+                        "watch cache: stored object cannot be decoded; it is left out of lists and watches, and every watcher must relist"
+                    );
+                    st.history.clear();
+                    st.history_floor = revision;
+                    let _ = self.tx.send(Broadcast::Reset);
+                    None
                 }
                 (EventKind::Delete, _) => map.remove(&ev.kv.key).map(|prev| {
                     // Upstream's DELETED carries the last state stamped with the deletion revision.
@@ -620,6 +633,17 @@ impl WatchCache {
         drop(st);
         self.revision_tx.send_replace(revision);
     }
+
+    /// The revision a bookmark for the watcher reading `rx` may carry: the cache's revision
+    /// once that watcher has taken every broadcast (each change up to it was sent or
+    /// filtered out), `None` while changes are still queued for it. A bookmark past a
+    /// queued change would let a client resuming from it skip that change.
+    pub fn bookmark_revision(&self, rx: &broadcast::Receiver<Broadcast>) -> Option<Revision> {
+        // Broadcasts are sent under the write lock together with the revision update, so
+        // under the read lock the queue and the revision agree.
+        let st = self.state.read();
+        rx.is_empty().then_some(st.revision)
+    }
 }
 
 /// `/registry/<plural>/...` -> the resource.
@@ -642,6 +666,91 @@ mod tests {
             revision,
         )
         .unwrap()
+    }
+
+    const CM_KEY: &str = "/registry/configmaps/ns/x";
+
+    /// A ready cache over an empty store that nobody writes to, so the test alone feeds it
+    /// (revisions 2 and up) through `apply`.
+    async fn idle_cache() -> (Arc<WatchCache>, tempfile::TempDir, watch::Sender<bool>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rkube_store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let cache = WatchCache::start(Arc::new(store), 100, stopped);
+        cache.wait_for(None, Duration::from_secs(20)).await.unwrap();
+        (cache, dir, stop)
+    }
+
+    fn put(revision: Revision, value: &str) -> rkube_store::WatchEvent {
+        rkube_store::WatchEvent {
+            kind: EventKind::Put,
+            kv: rkube_store::KeyValue {
+                key: CM_KEY.into(),
+                value: Bytes::from(value.to_string()),
+                create_revision: 2,
+                mod_revision: revision,
+            },
+            prev: None,
+        }
+    }
+
+    fn configmaps() -> Filter {
+        Filter {
+            resource: rkube_api::registry::find("", "v1", "configmaps").unwrap(),
+            namespace: None,
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+        }
+    }
+
+    const CM: &str = r#"{"kind":"ConfigMap","metadata":{"name":"x","namespace":"ns"}}"#;
+
+    #[tokio::test]
+    async fn bookmarks_never_pass_an_event_still_queued_for_the_watcher() {
+        let (cache, _dir, _stop) = idle_cache().await;
+        let (_, start, mut rx) = cache.watch(&configmaps(), None).unwrap();
+        assert_eq!(cache.bookmark_revision(&rx), Some(start));
+        cache.apply(put(2, CM));
+        cache.apply(put(3, CM));
+        assert_eq!(cache.revision(), 3);
+        // Revision 3 would tell a client resuming from the bookmark that it has seen both.
+        assert_eq!(cache.bookmark_revision(&rx), None);
+        assert!(matches!(rx.try_recv(), Ok(Broadcast::Event(e)) if e.revision == 2));
+        assert_eq!(cache.bookmark_revision(&rx), None);
+        assert!(matches!(rx.try_recv(), Ok(Broadcast::Event(e)) if e.revision == 3));
+        assert_eq!(cache.bookmark_revision(&rx), Some(3));
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_update_ends_every_watch_and_drops_the_stale_copy() {
+        let (cache, _dir, _stop) = idle_cache().await;
+        let cm = configmaps();
+        cache.apply(put(2, CM));
+        let (_, _, mut rx) = cache.watch(&cm, Some(2)).unwrap();
+        cache.apply(put(3, "{not json"));
+        assert_eq!(cache.revision(), 3);
+        // The watcher cannot be given this change, so it is told to start over...
+        assert!(matches!(rx.try_recv(), Ok(Broadcast::Reset)));
+        // ...and resuming from before it is refused, which makes clients relist.
+        assert!(matches!(
+            cache.watch(&cm, Some(2)),
+            Err(CacheError::TooOld {
+                requested: 2,
+                oldest: 3
+            })
+        ));
+        // The relist does not serve the version storage replaced.
+        assert!(cache.get(cm.resource, CM_KEY).is_none());
+        assert!(cache.list(&cm).unwrap().0.is_empty());
+        // A later good version is an ADDED for watchers that relisted without it.
+        let (_, _, mut rx) = cache.watch(&cm, Some(3)).unwrap();
+        cache.apply(put(4, CM));
+        match rx.try_recv() {
+            Ok(Broadcast::Event(e)) => {
+                assert_eq!(cm.classify(&e).map(|(t, _)| t), Some(EventType::Added));
+            }
+            other => panic!("expected an event, got {other:?}"),
+        }
     }
 
     #[test]

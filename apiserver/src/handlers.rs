@@ -472,7 +472,9 @@ async fn stream_live(
             _ = crate::stopped(&mut shutdown) => return,
             _ = tx.closed() => return,
             _ = bookmarks.tick(), if allow_bookmarks => {
-                let rev = cache.revision().max(*last_sent);
+                // Never past a change still queued for this watcher (see bookmark_revision).
+                let rev = cache.bookmark_revision(&rx).unwrap_or(*last_sent).max(*last_sent);
+                *last_sent = rev;
                 if tx.send(Ok(render::bookmark(resource, rev, false))).await.is_err() {
                     return;
                 }

@@ -1,0 +1,162 @@
+//! A pod crash-looping on the real kubelet (fake runtime, fast backoff) against an
+//! in-process API server: every restart records BackOff, Pulled, Created and Started, yet
+//! the pod's Event objects stay a handful whose counts grow, instead of one per occurrence.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use rkube_cri::fake::{FakeImageService, FakeRuntime};
+use rkube_cri::fake_network::FakeNetwork;
+use rkube_cri::{labels, ContainerRuntime, ContainerState};
+use rkubelet::{KubeletConfig, NodeRuntime};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const NODE: &str = "crash-loop-node";
+const RESTARTS: i32 = 30;
+/// Events the kubelet records per restart: BackOff, Pulled, Created, Started.
+const EVENTS_PER_RESTART: usize = 4;
+
+async fn events_about(client: &Client, uid: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .collect()
+}
+
+async fn restart_count(pods: &Api<Pod>) -> i32 {
+    pods.get("crasher")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|c| c.restart_count))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
+        data_dir: dir.path().join("store"),
+    });
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(rkube_apiserver::run(config, listener, async move {
+        let _ = server_stopped.await;
+    }));
+    let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    while namespaces.get("kube-node-lease").await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let runtime = FakeRuntime::new();
+    let images = FakeImageService::new();
+    images.add_image("busybox:1.36").unwrap();
+    let node_runtime = NodeRuntime {
+        runtime: Arc::new(runtime.clone()),
+        images: Arc::new(images),
+        network: Arc::new(FakeNetwork::new("10.244.9.0/24").unwrap()),
+        version: "fake://0.1.0".into(),
+    };
+    let mut config = KubeletConfig::new(
+        client.clone(),
+        NODE,
+        dir.path().join("kubelet"),
+        node_runtime,
+    );
+    config.pod_cidr = Some("10.244.9.0/24".into());
+    // Upstream's 10 s doubling to 5 min, scaled down so that 30 restarts take seconds.
+    config.backoff_initial = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(40);
+    let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop_kubelet, kubelet_stopped) = oneshot::channel::<()>();
+    let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
+        let _ = kubelet_stopped.await;
+    }));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crasher"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox:1.36"}]}
+    }))
+    .unwrap();
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while restart_count(&pods).await < RESTARTS {
+        for c in runtime.list().await.unwrap() {
+            let ours = c.labels.get(labels::POD_UID) == Some(&uid);
+            if ours && matches!(c.state, ContainerState::Running { .. }) {
+                runtime.exit(&c.id, 1).unwrap();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} restarts",
+            restart_count(&pods).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarts = restart_count(&pods).await as usize;
+
+    // The kubelet writes events in the background: wait until what it has written adds up
+    // to the occurrences the rate limit lets through (its burst), then look.
+    let wait = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = events_about(&client, &uid).await;
+        let total: i32 = events.iter().map(|e| e.count.unwrap_or(1)).sum();
+        if total >= 25 || tokio::time::Instant::now() > wait {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kinds: BTreeSet<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        events.len() <= EVENTS_PER_RESTART,
+        "{} Event objects after {restarts} restarts ({} occurrences): {kinds:#?}",
+        events.len(),
+        restarts * EVENTS_PER_RESTART
+    );
+    assert_eq!(kinds.len(), events.len(), "one object per kind of event");
+    let started = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Started"))
+        .unwrap_or_else(|| panic!("no Started event: {kinds:#?}"));
+    assert!(
+        started.count.unwrap_or(1) > 1,
+        "repeats are counted on the first Event: {started:#?}"
+    );
+    assert!(started.last_timestamp >= started.first_timestamp);
+
+    let _ = stop_kubelet.send(());
+    kubelet.await.unwrap().unwrap();
+    let _ = stop_server.send(());
+    server.await.unwrap().unwrap();
+}

@@ -44,6 +44,10 @@ pub struct KubeletConfig {
     pub resync_interval: Duration,
     /// One runtime per node; simulated nodes (`node_count > 1`) each get their own.
     pub runtimes: Vec<NodeRuntime>,
+    /// When container log files are rotated and how many are kept (see [`crate::logrotate`]).
+    pub container_log_rotation: crate::logrotate::RotationPolicy,
+    /// How often container log files are checked for rotation.
+    pub container_log_monitor_interval: Duration,
 }
 
 impl KubeletConfig {
@@ -72,6 +76,8 @@ impl KubeletConfig {
             image_dir: None,
             resync_interval: Duration::from_secs(60),
             runtimes: vec![runtime],
+            container_log_rotation: crate::logrotate::RotationPolicy::default(),
+            container_log_monitor_interval: crate::logrotate::DEFAULT_MONITOR_INTERVAL,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod env;
 pub mod images;
+pub mod logrotate;
 pub mod manager;
 pub mod node;
 pub mod probe;
@@ -331,6 +332,12 @@ async fn run_node(node: Arc<NodeContext>, facts: node::NodeFacts, mut stop: watc
         node.name.clone(),
         config.lease_duration_seconds,
         config.lease_renew_interval,
+        stop.clone(),
+    ));
+    tasks.spawn(logrotate::run(
+        node.root.join("pods"),
+        config.container_log_rotation,
+        config.container_log_monitor_interval,
         stop.clone(),
     ));
     tasks.spawn(manager::PodManager::run(node, stop));

@@ -89,6 +89,12 @@ struct Args {
     /// Simulated nodes in this process (only with --runtime=fake): <node-name>-0..N-1.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// A container's log file is rotated once larger than this (a quantity such as 10Mi).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Files kept per container output stream, the live one included (at least 2).
+    #[arg(long, default_value_t = rkubelet::logrotate::DEFAULT_MAX_FILES)]
+    container_log_max_files: usize,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -162,6 +168,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Flags are checked before anything is connected to.
+    let container_log_rotation = rkubelet::logrotate::RotationPolicy::new(
+        rkubelet::logrotate::parse_size(&args.container_log_max_size)?,
+        args.container_log_max_files,
+    )?;
     let node_name = args.node_name.clone().unwrap_or_else(rkubelet::hostname);
     let client = client(&args).await?;
     let runtimes = runtimes(&args).await?;
@@ -179,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     config.backoff_initial = seconds(args.backoff_initial, "backoff-initial")?;
     config.backoff_max = seconds(args.backoff_max, "backoff-max")?;
     config.image_dir = args.image_dir.clone();
+    config.container_log_rotation = container_log_rotation;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

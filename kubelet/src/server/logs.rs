@@ -1,22 +1,27 @@
-//! `GET /containerLogs`: serving a container's output from its two plain log files.
+//! `GET /containerLogs`: serving a container's output from its two log streams.
 //!
 //! The runtime appends stdout and stderr to separate files and records nothing else, so
-//! neither the true interleaving of the two streams nor per-line times exist. The choices:
+//! neither the true interleaving of the two streams nor per-line times exist. Each stream
+//! is its rotated segments (oldest first) and its live file, read as one byte sequence by
+//! stream position ([`crate::logrotate::LogStream`]), so rotation never splits or repeats
+//! a line. The choices:
 //!
-//! - Existing content: the file modified longer ago comes first (stdout first on a tie),
-//!   each file in order. Its lines are stamped with that file's modification time, so
-//!   `timestamps=true` output never goes back in time and `sinceSeconds`/`sinceTime` keep
-//!   or drop a whole file's old content. `tailLines` applies to this combined output.
-//! - Following: after the existing content, both files are polled and new lines are sent
+//! - Existing content: the stream whose live file was modified longer ago comes first
+//!   (stdout first on a tie), each stream in order. A line is stamped with the modification
+//!   time of the file it starts in, so `timestamps=true` output never goes back in time and
+//!   `sinceSeconds`/`sinceTime` keep or drop a whole file's old content. `tailLines` applies
+//!   to this combined output and is found by reading backwards in chunks.
+//! - Memory stays bounded whatever the size: content is read in chunks on a blocking
+//!   thread and sent through a small channel, so a slow client slows the reading.
+//! - Following: after the existing content, both streams are polled and new lines are sent
 //!   as they appear, stamped with the time they were read. The stream ends when the client
-//!   goes away, or when the container is no longer running and both files are drained. A
+//!   goes away, or when the container is no longer running and both streams are drained. A
 //!   container that is not running when the request arrives is served as if not following.
 //! - A final line without a newline is sent as is at the very end of the output; elsewhere
 //!   it gets a newline so it does not run into the other stream's next line.
 //! - `limitBytes` counts the bytes sent, timestamps included, and cuts the last line.
 
-use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +31,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rkube_cri::{ContainerRuntime, ContainerState, LogPaths, RuntimeError};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::{query_flag, query_value, rfc3339_nano, KubeletApi, RequestError};
+use crate::logrotate::{LogStream, Piece};
 
 /// How often files are checked for new output while following.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -38,8 +42,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 /// The most read from one file in one poll, so a burst cannot take all memory.
 const MAX_READ_PER_POLL: u64 = 1 << 20;
-/// Chunk size when reading a file backwards for `tailLines`.
-const TAIL_CHUNK: u64 = 64 * 1024;
+/// Chunk size when reading backwards for `tailLines` or looking for a line's end.
+const TAIL_CHUNK: usize = 64 * 1024;
+/// Chunk size of forward reads (one message to the client).
+const READ_CHUNK: usize = 256 * 1024;
+/// While following, an unfinished line longer than this is sent in parts.
+const MAX_PENDING_LINE: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LogOptions {
@@ -215,31 +223,244 @@ async fn start(
     Ok(Body::from_stream(chunks))
 }
 
-/// Sends lines to the client, adding timestamps and enforcing `limitBytes`.
+/// Sends output to the client, adding timestamps and enforcing `limitBytes`.
 struct Emitter {
     out: mpsc::Sender<Bytes>,
     timestamps: bool,
     remaining: Option<u64>,
+    /// The stream whose last line sent has no newline yet.
+    open: Option<usize>,
 }
 
 impl Emitter {
-    /// False when nothing more may be sent (client gone or limit reached).
-    async fn emit(&mut self, at: DateTime<Utc>, line: &[u8]) -> bool {
-        let mut chunk = Vec::with_capacity(line.len() + 32);
-        if self.timestamps {
-            chunk.extend_from_slice(rfc3339_nano(at).as_bytes());
-            chunk.push(b' ');
+    fn new(out: mpsc::Sender<Bytes>, timestamps: bool, limit_bytes: Option<u64>) -> Self {
+        Emitter {
+            out,
+            timestamps,
+            remaining: limit_bytes,
+            open: None,
         }
-        chunk.extend_from_slice(line);
+    }
+
+    /// Sends `data` of stream `stream`, each line that starts in it stamped with `at`. A
+    /// line another stream left unfinished gets a newline first, so the two never run into
+    /// one line. False when nothing more may be sent (client gone or limit reached).
+    fn emit(&mut self, stream: usize, at: DateTime<Utc>, data: &[u8]) -> bool {
+        if data.is_empty() {
+            return true;
+        }
+        let mut chunk = Vec::with_capacity(data.len() + 64);
+        if self.open.is_some_and(|open| open != stream) {
+            chunk.push(b'\n');
+            self.open = None;
+        }
+        if self.timestamps {
+            let stamp = rfc3339_nano(at);
+            for line in data.split_inclusive(|b| *b == b'\n') {
+                if self.open.is_none() {
+                    chunk.extend_from_slice(stamp.as_bytes());
+                    chunk.push(b' ');
+                }
+                chunk.extend_from_slice(line);
+                self.open = (line.last() != Some(&b'\n')).then_some(stream);
+            }
+        } else {
+            chunk.extend_from_slice(data);
+            self.open = (data.last() != Some(&b'\n')).then_some(stream);
+        }
         if let Some(remaining) = self.remaining.as_mut() {
             let allowed = usize::try_from(*remaining).unwrap_or(usize::MAX);
             chunk.truncate(allowed);
             *remaining -= chunk.len() as u64;
         }
-        if !chunk.is_empty() && self.out.send(Bytes::from(chunk)).await.is_err() {
+        if !chunk.is_empty() && self.out.blocking_send(Bytes::from(chunk)).is_err() {
             return false;
         }
         self.remaining != Some(0)
+    }
+}
+
+/// One output stream being served: where it is read from and the unfinished line held
+/// back while following.
+struct StreamCursor {
+    index: usize,
+    stream: LogStream,
+    position: u64,
+    pending: Vec<u8>,
+}
+
+impl StreamCursor {
+    fn new(index: usize, live: PathBuf) -> Self {
+        StreamCursor {
+            index,
+            stream: LogStream::new(live),
+            position: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends the stream's bytes from `position` up to `end` (at most `budget` bytes),
+    /// stamped with their file's modification time, or with the time of reading when
+    /// `read_time`. With `hold_back`, an unfinished last line waits in `pending` for the
+    /// rest of it. Returns false when nothing more may be sent.
+    fn send_until(
+        &mut self,
+        end: u64,
+        budget: u64,
+        read_time: bool,
+        hold_back: bool,
+        emitter: &mut Emitter,
+        buf: &mut [u8],
+    ) -> std::io::Result<bool> {
+        let mut sent = 0u64;
+        while self.position < end && sent < budget {
+            let want = usize::try_from((end - self.position).min(budget - sent))
+                .map_or(buf.len(), |left| left.min(buf.len()));
+            let read = self.stream.read_at(self.position, &mut buf[..want])?;
+            if read.len == 0 {
+                break;
+            }
+            self.position = read.start + read.len as u64;
+            sent += read.len as u64;
+            let at = if read_time {
+                Utc::now()
+            } else {
+                DateTime::<Utc>::from(read.modified)
+            };
+            let data = &buf[..read.len];
+            let flowing = if hold_back {
+                self.send_complete_lines(at, data, emitter)
+            } else {
+                emitter.emit(self.index, at, data)
+            };
+            if !flowing {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn send_complete_lines(
+        &mut self,
+        at: DateTime<Utc>,
+        data: &[u8],
+        emitter: &mut Emitter,
+    ) -> bool {
+        match data.iter().rposition(|b| *b == b'\n') {
+            Some(last_newline) => {
+                let (complete, rest) = data.split_at(last_newline + 1);
+                let flowing = if self.pending.is_empty() {
+                    emitter.emit(self.index, at, complete)
+                } else {
+                    let mut line = std::mem::take(&mut self.pending);
+                    line.extend_from_slice(complete);
+                    emitter.emit(self.index, at, &line)
+                };
+                self.pending = rest.to_vec();
+                flowing
+            }
+            None => {
+                self.pending.extend_from_slice(data);
+                // A line this long is sent in parts rather than held without bound.
+                if self.pending.len() >= MAX_PENDING_LINE {
+                    let part = std::mem::take(&mut self.pending);
+                    return emitter.emit(self.index, at, &part);
+                }
+                true
+            }
+        }
+    }
+
+    fn flush_pending(&mut self, emitter: &mut Emitter) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let line = std::mem::take(&mut self.pending);
+        emitter.emit(self.index, Utc::now(), &line)
+    }
+
+    /// The byte at `position`, if there is one.
+    fn byte_at(&self, position: u64) -> std::io::Result<Option<u8>> {
+        let mut byte = [0u8; 1];
+        let read = self.stream.read_at(position, &mut byte)?;
+        Ok((read.len == 1 && read.start == position).then_some(byte[0]))
+    }
+
+    /// Where the lines written at or after `since` start: the first file modified at or
+    /// after it, past the end of a line begun in an older file.
+    fn since_floor(
+        &self,
+        pieces: &[Piece],
+        since: DateTime<Utc>,
+        end: u64,
+    ) -> std::io::Result<u64> {
+        let Some(first_kept) = pieces
+            .iter()
+            .position(|piece| DateTime::<Utc>::from(piece.modified) >= since)
+        else {
+            return Ok(end);
+        };
+        let start = pieces[first_kept].start;
+        if first_kept == 0 || self.byte_at(start - 1)? == Some(b'\n') {
+            return Ok(start);
+        }
+        let mut buf = vec![0u8; TAIL_CHUNK];
+        let mut position = start;
+        while position < end {
+            let want =
+                usize::try_from(end - position).map_or(buf.len(), |left| left.min(buf.len()));
+            let read = self.stream.read_at(position, &mut buf[..want])?;
+            if read.len == 0 {
+                break;
+            }
+            if let Some(newline) = buf[..read.len].iter().position(|b| *b == b'\n') {
+                return Ok(read.start + newline as u64 + 1);
+            }
+            position = read.start + read.len as u64;
+        }
+        Ok(end)
+    }
+
+    /// Where the last `lines` lines of `[floor, end)` start, reading backwards in chunks,
+    /// and how many lines there are from there (fewer when the range has fewer). A final
+    /// line without a newline counts.
+    fn tail_start(&self, floor: u64, end: u64, lines: usize) -> std::io::Result<(u64, usize)> {
+        if lines == 0 || end <= floor {
+            return Ok((end, 0));
+        }
+        let ends_with_newline = self.byte_at(end - 1)? == Some(b'\n');
+        // The start is just after the newline that ends the line before the wanted ones.
+        let boundary = lines + usize::from(ends_with_newline);
+        let mut buf = vec![0u8; TAIL_CHUNK];
+        let mut newlines = 0usize;
+        let mut position = end;
+        while position > floor {
+            let from = position.saturating_sub(TAIL_CHUNK as u64).max(floor);
+            let len = usize::try_from(position - from).unwrap_or(0);
+            let mut filled = 0;
+            while filled < len {
+                let read = self
+                    .stream
+                    .read_at(from + filled as u64, &mut buf[filled..len])?;
+                if read.len == 0 || read.start != from + filled as u64 {
+                    // Rotated away meanwhile: what is left starts here.
+                    let lines_found = newlines + usize::from(!ends_with_newline);
+                    return Ok((position, lines_found.min(lines)));
+                }
+                filled += read.len;
+            }
+            for (index, byte) in buf[..len].iter().enumerate().rev() {
+                if *byte == b'\n' {
+                    newlines += 1;
+                    if newlines == boundary {
+                        return Ok((from + index as u64 + 1, lines));
+                    }
+                }
+            }
+            position = from;
+        }
+        let lines_found = newlines + usize::from(!ends_with_newline);
+        Ok((floor, lines_found))
     }
 }
 
@@ -250,61 +471,73 @@ pub(crate) async fn write_logs(
     followed: Option<Followed>,
     out: mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
-    let mut emitter = Emitter {
-        out,
-        timestamps: options.timestamps,
-        remaining: options.limit_bytes,
-    };
-    let stdout = Snapshot::read(&paths.stdout, options.tail_lines).await?;
-    let stderr = Snapshot::read(&paths.stderr, options.tail_lines).await?;
-    let mut stdout_tail = Tail::new(paths.stdout.clone(), stdout.end_offset);
-    let mut stderr_tail = Tail::new(paths.stderr.clone(), stderr.end_offset);
+    let runtime = tokio::runtime::Handle::current();
+    // Plain blocking file reads on a thread of their own; the channel's bound is the
+    // backpressure that keeps memory flat whatever the file's size.
+    tokio::task::spawn_blocking(move || write_logs_blocking(paths, options, followed, out, runtime))
+        .await
+        .map_err(std::io::Error::other)?
+}
 
+fn write_logs_blocking(
+    paths: LogPaths,
+    options: LogOptions,
+    followed: Option<Followed>,
+    out: mpsc::Sender<Bytes>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    let mut emitter = Emitter::new(out, options.timestamps, options.limit_bytes);
+    let mut streams = [
+        StreamCursor::new(0, paths.stdout),
+        StreamCursor::new(1, paths.stderr),
+    ];
+    let mut plans = Vec::with_capacity(2);
+    for stream in &mut streams {
+        let pieces = stream.stream.pieces()?;
+        let end = pieces.last().map_or(0, Piece::end);
+        let mut floor = pieces.first().map_or(0, |piece| piece.start);
+        if let Some(since) = options.since {
+            floor = stream.since_floor(&pieces, since, end)?;
+        }
+        // Missing files sort first, as the oldest.
+        let modified = pieces
+            .last()
+            .map_or(DateTime::<Utc>::MIN_UTC, |piece| piece.modified.into());
+        plans.push((stream.index, modified, floor, end));
+    }
+    // Older stream first: the order that is most likely to be the order of writing.
+    plans.sort_by_key(|(_, modified, _, _)| *modified);
+    if let Some(mut wanted) = options.tail_lines {
+        // The last lines of the combined output: the later stream's, then the earlier's.
+        for (index, _, floor, end) in plans.iter_mut().rev() {
+            let (start, found) = streams[*index].tail_start(*floor, *end, wanted)?;
+            *floor = start;
+            wanted -= found;
+        }
+    }
     let following = followed.is_some();
-    let mut snapshots = [(stdout, &mut stdout_tail), (stderr, &mut stderr_tail)];
-    // Older file first: the order that is most likely to be the order of writing.
-    snapshots.sort_by_key(|(snapshot, _)| snapshot.modified);
-    let mut lines: Vec<(DateTime<Utc>, Vec<u8>)> = Vec::new();
-    for (snapshot, tail) in snapshots {
-        let mut file_lines = snapshot.lines;
-        if following {
-            // An unfinished line is completed by what the container writes next.
-            if let Some(last) = file_lines.last() {
-                if last.last() != Some(&b'\n') {
-                    tail.pending = file_lines.pop().unwrap_or_default();
-                }
-            }
-        }
-        lines.extend(file_lines.into_iter().map(|line| (snapshot.modified, line)));
-    }
-    if let Some(since) = options.since {
-        lines.retain(|(at, _)| *at >= since);
-    }
-    if let Some(n) = options.tail_lines {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
-    let count = lines.len();
-    for (index, (at, mut line)) in lines.into_iter().enumerate() {
-        let is_last = index + 1 == count && !following;
-        if !is_last && line.last() != Some(&b'\n') {
-            line.push(b'\n');
-        }
-        if !emitter.emit(at, &line).await {
+    let mut buf = vec![0u8; READ_CHUNK];
+    for (index, _, floor, end) in &plans {
+        let stream = &mut streams[*index];
+        stream.position = *floor;
+        if !stream.send_until(*end, u64::MAX, false, following, &mut emitter, &mut buf)? {
             return Ok(());
         }
+        // Whatever else is in the file now is sent by the follow, stamped when read.
+        stream.position = stream.position.max(*end);
     }
-
     let Some(followed) = followed else {
         return Ok(());
     };
+    let mut cursors: Vec<&mut StreamCursor> = streams.iter_mut().collect();
     follow(
-        &mut [&mut stdout_tail, &mut stderr_tail],
+        &mut cursors,
         &followed,
         &mut emitter,
         false,
+        &runtime,
+        &mut buf,
     )
-    .await
 }
 
 /// Streams what is appended to `path` from now on, unfinished lines included, until the
@@ -314,41 +547,53 @@ pub(crate) async fn follow_from_end(
     followed: Followed,
     out: mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
-    let offset = match tokio::fs::metadata(&path).await {
-        Ok(metadata) => metadata.len(),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(err) => return Err(err),
-    };
-    let mut tail = Tail::new(path, offset);
-    let mut emitter = Emitter {
-        out,
-        timestamps: false,
-        remaining: None,
-    };
-    follow(&mut [&mut tail], &followed, &mut emitter, true).await
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut cursor = StreamCursor::new(0, path);
+        cursor.position = cursor.stream.end()?;
+        let mut emitter = Emitter::new(out, false, None);
+        let mut buf = vec![0u8; READ_CHUNK];
+        follow(
+            &mut [&mut cursor],
+            &followed,
+            &mut emitter,
+            true,
+            &runtime,
+            &mut buf,
+        )
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
-/// Sends new output of `tails` until the container stops and they are drained, or the
+/// Sends new output of `streams` until the container stops and they are drained, or the
 /// client goes away. Without `send_partial_lines` a line is sent once it is complete.
-async fn follow(
-    tails: &mut [&mut Tail],
+/// Positions are stream positions, so output rotated into a segment between two polls is
+/// read from there: nothing is skipped or sent twice.
+fn follow(
+    streams: &mut [&mut StreamCursor],
     followed: &Followed,
     emitter: &mut Emitter,
     send_partial_lines: bool,
+    runtime: &tokio::runtime::Handle,
+    buf: &mut [u8],
 ) -> std::io::Result<()> {
-    let mut last_liveness_check: Option<Instant> = None;
+    let mut last_liveness_check: Option<std::time::Instant> = None;
     let mut stopped = false;
     loop {
         let mut progressed = false;
-        for tail in tails.iter_mut() {
-            let mut new_lines = tail.read_new().await?;
-            if (send_partial_lines || stopped) && !tail.pending.is_empty() {
-                new_lines.push(std::mem::take(&mut tail.pending));
+        for stream in streams.iter_mut() {
+            let end = stream.stream.end()?;
+            if stream.position < end {
+                progressed = true;
+                let hold_back = !(send_partial_lines || stopped);
+                if !stream.send_until(end, MAX_READ_PER_POLL, true, hold_back, emitter, buf)? {
+                    return Ok(());
+                }
             }
-            progressed |= !new_lines.is_empty();
-            let now = Utc::now();
-            for line in new_lines {
-                if !emitter.emit(now, &line).await {
+            if (send_partial_lines || stopped) && !stream.pending.is_empty() {
+                progressed = true;
+                if !stream.flush_pending(emitter) {
                     return Ok(());
                 }
             }
@@ -361,165 +606,17 @@ async fn follow(
             return Ok(());
         }
         if last_liveness_check.is_none_or(|at| at.elapsed() >= LIVENESS_INTERVAL) {
-            last_liveness_check = Some(Instant::now());
-            if followed.has_stopped().await {
+            last_liveness_check = Some(std::time::Instant::now());
+            if runtime.block_on(followed.has_stopped()) {
                 // One more pass reads what it wrote last, unfinished lines included.
                 stopped = true;
                 continue;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = emitter.out.closed() => return Ok(()),
+        std::thread::sleep(POLL_INTERVAL);
+        if emitter.out.is_closed() {
+            return Ok(());
         }
-    }
-}
-
-/// A file's content at the start of the request.
-struct Snapshot {
-    /// Lines with their newline (the last may lack it).
-    lines: Vec<Vec<u8>>,
-    /// Missing files sort first, as the oldest.
-    modified: DateTime<Utc>,
-    end_offset: u64,
-}
-
-impl Snapshot {
-    async fn read(path: &Path, tail_lines: Option<usize>) -> std::io::Result<Snapshot> {
-        let mut file = match tokio::fs::File::open(path).await {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Snapshot {
-                    lines: Vec::new(),
-                    modified: DateTime::<Utc>::MIN_UTC,
-                    end_offset: 0,
-                })
-            }
-            Err(err) => return Err(err),
-        };
-        let metadata = file.metadata().await?;
-        let modified = metadata
-            .modified()
-            .map(DateTime::<Utc>::from)
-            .unwrap_or_else(|_| Utc::now());
-        let len = metadata.len();
-        let content = match tail_lines {
-            None => {
-                let mut content = Vec::new();
-                (&mut file).take(len).read_to_end(&mut content).await?;
-                content
-            }
-            Some(n) => read_last_lines(&mut file, len, n).await?,
-        };
-        let end_offset = match tail_lines {
-            None => content.len() as u64,
-            Some(_) => len,
-        };
-        let mut lines = split_lines(&content);
-        if let Some(n) = tail_lines {
-            let skip = lines.len().saturating_sub(n);
-            lines.drain(..skip);
-        }
-        Ok(Snapshot {
-            lines,
-            modified,
-            end_offset,
-        })
-    }
-}
-
-/// The end of a file holding at least its last `n` lines (or the whole file), starting at a
-/// line boundary.
-async fn read_last_lines(
-    file: &mut tokio::fs::File,
-    len: u64,
-    n: usize,
-) -> std::io::Result<Vec<u8>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut start = len;
-    let mut content: Vec<u8> = Vec::new();
-    while start > 0 {
-        let chunk_start = start.saturating_sub(TAIL_CHUNK);
-        let mut chunk = vec![0u8; usize::try_from(start - chunk_start).unwrap_or(0)];
-        file.seek(SeekFrom::Start(chunk_start)).await?;
-        file.read_exact(&mut chunk).await?;
-        chunk.extend_from_slice(&content);
-        content = chunk;
-        start = chunk_start;
-        // The text before the first newline may be the end of an earlier line; only what
-        // follows it is known to be whole lines.
-        let newlines = content.iter().filter(|b| **b == b'\n').count();
-        let trailing_partial = usize::from(content.last().is_some_and(|b| *b != b'\n'));
-        if start > 0 && newlines.saturating_sub(1) + trailing_partial >= n {
-            break;
-        }
-    }
-    if start > 0 {
-        if let Some(first_newline) = content.iter().position(|b| *b == b'\n') {
-            content.drain(..=first_newline);
-        }
-    }
-    Ok(content)
-}
-
-/// Splits into lines that keep their newline; a last line without one is kept as is.
-fn split_lines(content: &[u8]) -> Vec<Vec<u8>> {
-    content
-        .split_inclusive(|b| *b == b'\n')
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// Follows one growing file from an offset.
-struct Tail {
-    path: PathBuf,
-    offset: u64,
-    /// Bytes of a line whose newline has not been written yet.
-    pending: Vec<u8>,
-}
-
-impl Tail {
-    fn new(path: PathBuf, offset: u64) -> Self {
-        Tail {
-            path,
-            offset,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Complete lines written since the last call. The file is reopened every time so a
-    /// file created after the request started is picked up.
-    async fn read_new(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
-        let mut file = match tokio::fs::File::open(&self.path).await {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err),
-        };
-        let len = file.metadata().await?.len();
-        if len < self.offset {
-            // Truncated: start over rather than wait for it to grow past the old end.
-            self.offset = 0;
-            self.pending.clear();
-        }
-        if len == self.offset {
-            return Ok(Vec::new());
-        }
-        file.seek(SeekFrom::Start(self.offset)).await?;
-        let mut data = Vec::new();
-        (&mut file)
-            .take((len - self.offset).min(MAX_READ_PER_POLL))
-            .read_to_end(&mut data)
-            .await?;
-        self.offset += data.len() as u64;
-        let mut content = std::mem::take(&mut self.pending);
-        content.extend_from_slice(&data);
-        let mut lines = split_lines(&content);
-        if lines.last().is_some_and(|line| line.last() != Some(&b'\n')) {
-            self.pending = lines.pop().unwrap_or_default();
-        }
-        Ok(lines)
     }
 }
 
@@ -585,42 +682,124 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn last_lines_are_read_from_the_end_across_chunks() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        let mut expected = Vec::new();
-        for i in 0..20_000 {
+    /// Writes `lines` numbered lines to `live`, rotating at 64 KiB into at most
+    /// `max_files` files as it goes, the way the rotator would while a container writes.
+    fn write_rotated(live: &std::path::Path, lines: std::ops::Range<usize>, max_files: usize) {
+        let policy = crate::logrotate::RotationPolicy::new(64 * 1024, max_files).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(live)
+            .unwrap();
+        for i in lines {
             writeln!(file, "line {i}").unwrap();
-            expected.push(format!("line {i}\n"));
+            if i % 1000 == 0 {
+                crate::logrotate::rotate(live, &policy, &crate::logrotate::CollapseRange).unwrap();
+            }
         }
-        write!(file, "partial").unwrap();
-        let path = file.path().to_path_buf();
-        let len = std::fs::metadata(&path).unwrap().len();
-        let mut handle = tokio::fs::File::open(&path).await.unwrap();
-        let content = read_last_lines(&mut handle, len, 12_000).await.unwrap();
-        let lines = split_lines(&content);
-        assert!(lines.len() >= 12_000);
-        let last: Vec<String> = lines[lines.len() - 12_000..]
-            .iter()
-            .map(|l| String::from_utf8(l.clone()).unwrap())
-            .collect();
-        let mut want: Vec<String> = expected[expected.len() - 11_999..].to_vec();
-        want.push("partial".into());
-        assert_eq!(last, want);
-        // Starts on a line boundary.
-        assert!(String::from_utf8(lines[0].clone())
-            .unwrap()
-            .starts_with("line "));
     }
 
-    #[tokio::test]
-    async fn tail_returns_only_complete_lines_and_keeps_the_rest() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut tail = Tail::new(file.path().to_path_buf(), 0);
-        std::fs::write(file.path(), "a\nb").unwrap();
-        assert_eq!(tail.read_new().await.unwrap(), vec![b"a\n".to_vec()]);
-        std::fs::write(file.path(), "a\nbc\n").unwrap();
-        assert_eq!(tail.read_new().await.unwrap(), vec![b"bc\n".to_vec()]);
-        assert!(tail.read_new().await.unwrap().is_empty());
+    fn read_range(cursor: &StreamCursor, from: u64, to: u64) -> String {
+        let mut content = Vec::new();
+        let mut position = from;
+        let mut buf = vec![0u8; 4096];
+        while position < to {
+            let want = usize::try_from(to - position).unwrap().min(buf.len());
+            let read = cursor.stream.read_at(position, &mut buf[..want]).unwrap();
+            assert_eq!(read.start, position, "nothing rotated away in this range");
+            content.extend_from_slice(&buf[..read.len]);
+            position += read.len as u64;
+        }
+        String::from_utf8(content).unwrap()
+    }
+
+    #[test]
+    fn last_lines_are_found_backwards_across_chunks_and_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("0.stdout");
+        write_rotated(&live, 0..20_000, 100);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap()
+            .write_all(b"partial")
+            .unwrap();
+        let cursor = StreamCursor::new(0, live.clone());
+        let pieces = cursor.stream.pieces().unwrap();
+        assert!(pieces.len() > 2, "rotated: {pieces:?}");
+        let end = cursor.stream.end().unwrap();
+        let (start, found) = cursor.tail_start(0, end, 12_000).unwrap();
+        assert_eq!(found, 12_000);
+        let mut want: String = (8_001..20_000).map(|i| format!("line {i}\n")).collect();
+        want.push_str("partial");
+        assert_eq!(read_range(&cursor, start, end), want);
+        // More lines than there are: all of them, and how many.
+        let (start, found) = cursor.tail_start(0, end, 30_000).unwrap();
+        assert_eq!((start, found), (0, 20_001));
+    }
+
+    #[test]
+    fn a_whole_rotated_stream_is_sent_in_order_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("0.stdout");
+        write_rotated(&live, 0..30_000, 100);
+        let (sender, mut receiver) = mpsc::channel(4096);
+        let mut emitter = Emitter::new(sender, false, None);
+        let mut cursor = StreamCursor::new(0, live);
+        let end = cursor.stream.end().unwrap();
+        let mut buf = vec![0u8; READ_CHUNK];
+        assert!(cursor
+            .send_until(end, u64::MAX, false, false, &mut emitter, &mut buf)
+            .unwrap());
+        drop(emitter);
+        let mut content = Vec::new();
+        while let Some(chunk) = receiver.blocking_recv() {
+            assert!(chunk.len() <= READ_CHUNK);
+            content.extend_from_slice(&chunk);
+        }
+        let want: String = (0..30_000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(String::from_utf8(content).unwrap(), want);
+    }
+
+    #[test]
+    fn held_back_lines_complete_with_the_next_read_and_streams_never_share_a_line() {
+        let (sender, mut receiver) = mpsc::channel(64);
+        let mut emitter = Emitter::new(sender, false, None);
+        let mut stdout = StreamCursor::new(0, PathBuf::from("/nonexistent/0.stdout"));
+        let now = Utc::now();
+        assert!(stdout.send_complete_lines(now, b"a\nb", &mut emitter));
+        assert!(stdout.send_complete_lines(now, b"c\n", &mut emitter));
+        // A line left open by stderr is ended before stdout's next line.
+        assert!(emitter.emit(1, now, b"err-partial"));
+        assert!(emitter.emit(0, now, b"d\n"));
+        drop(emitter);
+        let mut content = Vec::new();
+        while let Some(chunk) = receiver.blocking_recv() {
+            content.extend_from_slice(&chunk);
+        }
+        assert_eq!(
+            String::from_utf8(content).unwrap(),
+            "a\nbc\nerr-partial\nd\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_start_lines_only_and_limit_bytes_cuts() {
+        let (sender, mut receiver) = mpsc::channel(64);
+        let mut emitter = Emitter::new(sender, true, Some(54));
+        let at = DateTime::parse_from_rfc3339("2024-05-06T07:08:09Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(emitter.emit(0, at, b"one\ntw"));
+        assert!(!emitter.emit(0, at, b"o\nthree\n"));
+        drop(emitter);
+        let mut content = Vec::new();
+        while let Some(chunk) = receiver.blocking_recv() {
+            content.extend_from_slice(&chunk);
+        }
+        assert_eq!(
+            String::from_utf8(content).unwrap(),
+            "2024-05-06T07:08:09Z one\n2024-05-06T07:08:09Z two\n2024"
+        );
     }
 }

@@ -520,6 +520,29 @@ impl PodNetwork for CniNetwork {
         self.release_pod_lock(pod_uid, lock);
         result
     }
+
+    /// Pods with a state file: it is written before the namespace is created and removed
+    /// after it is gone, so it covers half-done setups too. Namespace files alone are not
+    /// listed: the namespace directory may be shared with other kubelets on the machine.
+    async fn list(&self) -> Result<Vec<String>> {
+        let mut entries = match tokio::fs::read_dir(&self.config.state_dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err.into()),
+        };
+        let mut uids = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name();
+            let Some(uid) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if check_pod_uid(uid).is_ok() {
+                uids.push(uid.to_string());
+            }
+        }
+        uids.sort();
+        Ok(uids)
+    }
 }
 
 /// Pod UIDs become file names and CNI container ids, which allow only these characters.

@@ -141,6 +141,12 @@ impl PodNetwork for FakeNetwork {
         self.state.lock().pods.remove(pod_uid);
         Ok(())
     }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let mut uids: Vec<String> = self.state.lock().pods.keys().cloned().collect();
+        uids.sort();
+        Ok(uids)
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +183,7 @@ mod tests {
         assert_eq!(network.setup("a", "default", "a").await.unwrap(), a);
         assert_eq!(network.status("a").await.unwrap(), Some(a));
         assert_eq!(network.allocated(), 2);
+        assert_eq!(network.list().await.unwrap(), ["a", "b"]);
     }
 
     #[tokio::test]

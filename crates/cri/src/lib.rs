@@ -240,4 +240,8 @@ pub trait PodNetwork: Send + Sync + 'static {
     async fn status(&self, pod_uid: &str) -> Result<Option<PodNetworkStatus>>;
     /// Unwires and deletes the namespace (idempotent).
     async fn teardown(&self, pod_uid: &str) -> Result<()>;
+    /// The uids of every pod this network holds anything for, including a half-done
+    /// setup, so the kubelet can tear down networks whose pod is gone (deleted while the
+    /// kubelet was down, or a crash between network setup and container start).
+    async fn list(&self) -> Result<Vec<String>>;
 }

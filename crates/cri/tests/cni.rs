@@ -319,3 +319,50 @@ async fn a_missing_plugin_is_a_clear_error_and_leaves_no_namespace() {
     assert!(!network.netns_path(&uid).exists());
     assert_eq!(network.status(&uid).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn networks_left_by_a_crash_are_listed_and_torn_down_by_the_next_instance() {
+    let mut test = TestNetwork::new(|n| format!("10.253.{n}.0/24"));
+    let (uid_kept, uid_stale) = (test.pod_uid("kept"), test.pod_uid("stale"));
+    let network = test.network();
+    assert_eq!(network.list().await.unwrap(), Vec::<String>::new());
+    let kept = network.setup(&uid_kept, "default", "kept").await.unwrap();
+    let stale = network.setup(&uid_stale, "default", "stale").await.unwrap();
+
+    // A crash mid-setup leaves a state file without a result; it is listed too.
+    let uid_half = test.pod_uid("half");
+    let mut half_state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(test.config.state_dir.join(format!("{uid_stale}.json"))).unwrap(),
+    )
+    .unwrap();
+    half_state["pod_uid"] = uid_half.clone().into();
+    half_state["netns_path"] = network.netns_path(&uid_half).to_string_lossy().into();
+    half_state["result"] = serde_json::Value::Null;
+    half_state["ip"] = serde_json::Value::Null;
+    std::fs::write(
+        test.config.state_dir.join(format!("{uid_half}.json")),
+        serde_json::to_vec(&half_state).unwrap(),
+    )
+    .unwrap();
+    drop(network);
+
+    let restarted = test.network();
+    let mut expected = vec![uid_kept.clone(), uid_stale.clone(), uid_half.clone()];
+    expected.sort();
+    assert_eq!(restarted.list().await.unwrap(), expected);
+
+    for uid in [&uid_stale, &uid_half] {
+        restarted.teardown(uid).await.unwrap();
+    }
+    assert_eq!(restarted.list().await.unwrap(), vec![uid_kept.clone()]);
+    assert!(!stale.netns_path.exists());
+    let reservation = test
+        .config
+        .state_dir
+        .join("ipam")
+        .join(&test.config.network_name)
+        .join(&stale.ip);
+    assert!(!reservation.exists(), "address {} still reserved", stale.ip);
+    assert_eq!(restarted.status(&uid_kept).await.unwrap(), Some(kept));
+    restarted.teardown(&uid_kept).await.unwrap();
+}

@@ -19,6 +19,7 @@ pub mod admission;
 pub mod cache;
 pub mod discovery;
 pub mod error;
+pub mod event_ttl;
 pub mod handlers;
 pub mod objects;
 pub mod path;
@@ -69,6 +70,11 @@ pub struct Config {
     pub service_cluster_ip_range: String,
     /// How often old storage revisions are compacted (upstream: 5 minutes).
     pub compaction_interval: Duration,
+    /// Events are deleted this long after their last occurrence (upstream's `--event-ttl`,
+    /// 1 h); zero keeps them forever.
+    pub event_ttl: Duration,
+    /// How often expired Events are looked for (more often when the TTL is short).
+    pub event_sweep_interval: Duration,
 }
 
 impl Config {
@@ -78,6 +84,8 @@ impl Config {
             watch_history: 10_000,
             service_cluster_ip_range: "10.96.0.0/12".to_string(),
             compaction_interval: Duration::from_secs(300),
+            event_ttl: event_ttl::DEFAULT_EVENT_TTL,
+            event_sweep_interval: event_ttl::DEFAULT_SWEEP_INTERVAL,
         }
     }
 }
@@ -153,6 +161,12 @@ pub async fn run(
         config.compaction_interval,
         state.shutdown.clone(),
     ));
+    let event_sweeper = tokio::spawn(event_ttl::sweep_periodically(
+        state.clone(),
+        config.event_ttl,
+        config.event_sweep_interval,
+        state.shutdown.clone(),
+    ));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?config.storage, "rkube-apiserver serving");
     let graceful = async move {
@@ -164,6 +178,9 @@ pub async fn run(
         .await?;
     compactor.abort();
     let _ = compactor.await;
+    // It holds the state (and so the store): it must be gone before the store is released.
+    event_sweeper.abort();
+    let _ = event_sweeper.await;
     state.cache.join_feeder().await;
     drop(state);
     // The store closes (and releases its directory) when the last handle goes. axum's

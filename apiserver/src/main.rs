@@ -48,6 +48,10 @@ struct Flags {
     /// Seconds between storage compactions.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// How long Events are kept after their last occurrence (a Go duration such as 1h,
+    /// 30m or 90s; 0 keeps them forever).
+    #[arg(long, default_value = "1h", value_parser = rkube_apiserver::event_ttl::parse_duration)]
+    event_ttl: Duration,
 }
 
 #[tokio::main]
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     config.service_cluster_ip_range = flags.service_cluster_ip_range;
     config.watch_history = flags.watch_history;
     config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
+    config.event_ttl = flags.event_ttl;
     let addr = SocketAddr::new(flags.bind_address, flags.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -1,0 +1,258 @@
+//! Kubelet container-log serving benchmark (issue #7): the `rkubelet` binary (a child
+//! process, `--runtime fake`, rotation out of the way with `--container-log-max-size 2Gi`)
+//! serves `GET /containerLogs` without `tailLines` of a 1 GiB log file. Printed next to
+//! same-run baselines:
+//! - memory: the kubelet's RSS idle with the file in place, its peak RSS sampled while it
+//!   serves the request, and its VmHWM before and after;
+//! - speed: `cat <file> > /dev/null` throughput (page cache warm, as for the request) and
+//!   the request's throughput as a ratio of it.
+//!
+//! The API server runs in this process on the embedded store; the client reads the
+//! response directly from the kubelet's port (what the API server's proxy would forward).
+//!
+//! Usage: `cargo run --release -p rkube-bench --bin bench-kubelet-logs -- [--size-mib 1024]`
+//! (expects `target/release/rkubelet`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+
+const NODE: &str = "bench-logs";
+
+#[derive(Parser, Debug)]
+struct Flags {
+    #[arg(long, default_value = "target/release/rkubelet")]
+    kubelet: PathBuf,
+    /// Size of the log file in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) by its PID when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
+            return Ok(rest.trim().trim_end_matches("kB").trim().parse()?);
+        }
+    }
+    bail!("no {field} for pid {pid}")
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Writes `size` bytes of 100-byte numbered lines.
+fn write_log(path: &Path, size: u64) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let padding = "x".repeat(100);
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < size {
+        let head = format!("2026-01-01T00:00:00Z line {i:012} ");
+        let line = format!("{head}{}\n", &padding[..99 - head.len()]);
+        out.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+        i += 1;
+    }
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    Ok(())
+}
+
+/// Seconds `cat path > /dev/null` takes.
+fn cat_seconds(path: &Path) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let status = Command::new("cat")
+        .arg(path)
+        .stdout(std::fs::File::create("/dev/null")?)
+        .status()?;
+    anyhow::ensure!(status.success(), "cat failed");
+    Ok(start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    if !flags.kubelet.exists() {
+        bail!(
+            "{} not found: cargo build --release -p rkubelet",
+            flags.kubelet.display()
+        );
+    }
+    let work = tempfile::tempdir()?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
+        data_dir: work.path().join("store"),
+    });
+    tokio::spawn(rkube_apiserver::run(
+        config,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
+
+    let kubelet_port = rkube_testkit::free_port()?;
+    let root = work.path().join("kubelet");
+    let kubelet = Process(
+        Command::new(&flags.kubelet)
+            .args(["--runtime", "fake", "--node-name", NODE])
+            .args(["--master", &url])
+            .args(["--listen", &format!("127.0.0.1:{kubelet_port}")])
+            .arg("--root-dir")
+            .arg(&root)
+            .args(["--container-log-max-size", "2Gi"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", flags.kubelet.display()))?,
+    );
+    let kubelet_pid = kubelet.0.id();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chatty"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox"}]}
+    }))?;
+    loop {
+        if pods.create(&PostParams::default(), &pod).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the API server never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let uid = loop {
+        let pod = pods.get("chatty").await?;
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Running");
+        if running {
+            break pod.metadata.uid.context("pod without uid")?;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pod never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = root.join("pods").join(&uid).join("logs/app/0.stdout");
+    anyhow::ensure!(log.exists(), "no log file at {}", log.display());
+
+    let size = flags.size_mib << 20;
+    println!("writing a {} MiB log ...", flags.size_mib);
+    write_log(&log, size)?;
+    let size = std::fs::metadata(&log)?.len();
+
+    // Warm the page cache for both readers, then the baseline.
+    cat_seconds(&log)?;
+    let cat = (0..3)
+        .map(|_| cat_seconds(&log))
+        .collect::<anyhow::Result<Vec<f64>>>()?
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = status_kib(kubelet_pid, "VmRSS")?;
+    let hwm_before = status_kib(kubelet_pid, "VmHWM")?;
+
+    let peak = Arc::new(AtomicU64::new(idle_rss));
+    let serving = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let peak = peak.clone();
+        let serving = serving.clone();
+        std::thread::spawn(move || {
+            while serving.load(Ordering::Relaxed) {
+                if let Ok(rss) = status_kib(kubelet_pid, "VmRSS") {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let start = Instant::now();
+    let response = reqwest::get(format!(
+        "http://127.0.0.1:{kubelet_port}/containerLogs/default/chatty/app"
+    ))
+    .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "logs request: {}",
+        response.status()
+    );
+    let mut body = response.bytes_stream();
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        received += chunk?.len() as u64;
+    }
+    let served = start.elapsed().as_secs_f64();
+    serving.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    anyhow::ensure!(received == size, "received {received} of {size} bytes");
+    let hwm_after = status_kib(kubelet_pid, "VmHWM")?;
+    let peak = peak.load(Ordering::Relaxed);
+
+    let throughput = |seconds: f64| size as f64 / (1 << 20) as f64 / seconds;
+    println!(
+        "\n== kubelet: GET /containerLogs of a {} MiB log, no tailLines ==",
+        size >> 20
+    );
+    println!(
+        "baseline cat > /dev/null:  {:8.0} MiB/s ({cat:.2} s, best of 3, page cache warm)",
+        throughput(cat)
+    );
+    println!(
+        "kubelet logs request:      {:8.0} MiB/s ({served:.2} s) = {:.2} x cat",
+        throughput(served),
+        cat / served
+    );
+    println!("kubelet RSS idle (baseline): {:7.1} MiB", mib(idle_rss));
+    println!(
+        "kubelet RSS peak serving:    {:7.1} MiB (+{:.1} MiB over idle, sampled every 10 ms)",
+        mib(peak),
+        mib(peak.saturating_sub(idle_rss))
+    );
+    println!(
+        "kubelet VmHWM before/after:  {:7.1} / {:.1} MiB",
+        mib(hwm_before),
+        mib(hwm_after)
+    );
+    drop(kubelet);
+    Ok(())
+}

@@ -154,6 +154,15 @@ async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
         "repeats are counted on the first Event: {started:#?}"
     );
     assert!(started.last_timestamp >= started.first_timestamp);
+    println!(
+        "{restarts} restarts, {} occurrences: {} Event objects, counts {:?}",
+        restarts * EVENTS_PER_RESTART,
+        events.len(),
+        events
+            .iter()
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.count.unwrap_or(1)))
+            .collect::<Vec<_>>()
+    );
 
     let _ = stop_kubelet.send(());
     kubelet.await.unwrap().unwrap();

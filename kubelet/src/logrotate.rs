@@ -290,6 +290,7 @@ pub struct ReadAt {
 
 /// Reads one output stream of a container instance (its segments and live file) by stream
 /// position, consistently with concurrent rotation.
+#[derive(Clone)]
 pub struct LogStream {
     live: PathBuf,
     lock: Arc<Mutex<()>>,

@@ -11,8 +11,9 @@
 //!   time of the file it starts in, so `timestamps=true` output never goes back in time and
 //!   `sinceSeconds`/`sinceTime` keep or drop a whole file's old content. `tailLines` applies
 //!   to this combined output and is found by reading backwards in chunks.
-//! - Memory stays bounded whatever the size: content is read in chunks on a blocking
-//!   thread and sent through a small channel, so a slow client slows the reading.
+//! - Memory stays bounded whatever the size: content is read in chunks (each a short
+//!   blocking read) and sent through a small channel, so a slow client slows the reading
+//!   and holds no thread.
 //! - Following: after the existing content, both streams are polled and new lines are sent
 //!   as they appear, stamped with the time they were read. The stream ends when the client
 //!   goes away, or when the container is no longer running and both streams are drained. A
@@ -32,6 +33,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rkube_cri::{ContainerRuntime, ContainerState, LogPaths, RuntimeError};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{query_flag, query_value, rfc3339_nano, KubeletApi, RequestError};
 use crate::logrotate::{LogStream, Piece};
@@ -245,39 +247,83 @@ impl Emitter {
     /// Sends `data` of stream `stream`, each line that starts in it stamped with `at`. A
     /// line another stream left unfinished gets a newline first, so the two never run into
     /// one line. False when nothing more may be sent (client gone or limit reached).
-    fn emit(&mut self, stream: usize, at: DateTime<Utc>, data: &[u8]) -> bool {
+    async fn emit(&mut self, stream: usize, at: DateTime<Utc>, data: Vec<u8>) -> bool {
         if data.is_empty() {
             return true;
         }
-        let mut chunk = Vec::with_capacity(data.len() + 64);
-        if self.open.is_some_and(|open| open != stream) {
-            chunk.push(b'\n');
-            self.open = None;
-        }
-        if self.timestamps {
-            let stamp = rfc3339_nano(at);
-            for line in data.split_inclusive(|b| *b == b'\n') {
-                if self.open.is_none() {
-                    chunk.extend_from_slice(stamp.as_bytes());
-                    chunk.push(b' ');
-                }
-                chunk.extend_from_slice(line);
-                self.open = (line.last() != Some(&b'\n')).then_some(stream);
+        let ends_open = data.last() != Some(&b'\n');
+        let separate = self.open.is_some_and(|open| open != stream);
+        let mut chunk = if self.timestamps || separate {
+            let mut chunk = Vec::with_capacity(data.len() + 64);
+            if separate {
+                chunk.push(b'\n');
+                self.open = None;
             }
+            if self.timestamps {
+                let stamp = rfc3339_nano(at);
+                for line in data.split_inclusive(|b| *b == b'\n') {
+                    if self.open.is_none() {
+                        chunk.extend_from_slice(stamp.as_bytes());
+                        chunk.push(b' ');
+                    }
+                    chunk.extend_from_slice(line);
+                    self.open = (line.last() != Some(&b'\n')).then_some(stream);
+                }
+            } else {
+                chunk.extend_from_slice(&data);
+            }
+            chunk
         } else {
-            chunk.extend_from_slice(data);
-            self.open = (data.last() != Some(&b'\n')).then_some(stream);
-        }
+            // The common case sends the bytes as read, without copying them.
+            data
+        };
+        self.open = ends_open.then_some(stream);
         if let Some(remaining) = self.remaining.as_mut() {
             let allowed = usize::try_from(*remaining).unwrap_or(usize::MAX);
             chunk.truncate(allowed);
             *remaining -= chunk.len() as u64;
         }
-        if !chunk.is_empty() && self.out.blocking_send(Bytes::from(chunk)).is_err() {
+        if !chunk.is_empty() && self.out.send(Bytes::from(chunk)).await.is_err() {
             return false;
         }
         self.remaining != Some(0)
     }
+}
+
+/// Bytes read from a stream, and the file metadata that stamps them.
+struct Chunk {
+    start: u64,
+    data: Vec<u8>,
+    modified: DateTime<Utc>,
+}
+
+/// Reads up to `max` bytes of `stream` at `position` on a blocking thread: each read is
+/// short, so no request holds a thread while it waits for its client.
+async fn read_chunk(stream: &LogStream, position: u64, max: usize) -> std::io::Result<Chunk> {
+    let stream = stream.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut data = vec![0u8; max];
+        let read = stream.read_at(position, &mut data)?;
+        data.truncate(read.len);
+        Ok(Chunk {
+            start: read.start,
+            data,
+            modified: read.modified.into(),
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn stream_pieces(stream: &LogStream) -> std::io::Result<Vec<Piece>> {
+    let stream = stream.clone();
+    tokio::task::spawn_blocking(move || stream.pieces())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+async fn stream_end(stream: &LogStream) -> std::io::Result<u64> {
+    Ok(stream_pieces(stream).await?.last().map_or(0, Piece::end))
 }
 
 /// One output stream being served: where it is read from and the unfinished line held
@@ -303,35 +349,33 @@ impl StreamCursor {
     /// stamped with their file's modification time, or with the time of reading when
     /// `read_time`. With `hold_back`, an unfinished last line waits in `pending` for the
     /// rest of it. Returns false when nothing more may be sent.
-    fn send_until(
+    async fn send_until(
         &mut self,
         end: u64,
         budget: u64,
         read_time: bool,
         hold_back: bool,
         emitter: &mut Emitter,
-        buf: &mut [u8],
     ) -> std::io::Result<bool> {
         let mut sent = 0u64;
         while self.position < end && sent < budget {
             let want = usize::try_from((end - self.position).min(budget - sent))
-                .map_or(buf.len(), |left| left.min(buf.len()));
-            let read = self.stream.read_at(self.position, &mut buf[..want])?;
-            if read.len == 0 {
+                .map_or(READ_CHUNK, |left| left.min(READ_CHUNK));
+            let chunk = read_chunk(&self.stream, self.position, want).await?;
+            if chunk.data.is_empty() {
                 break;
             }
-            self.position = read.start + read.len as u64;
-            sent += read.len as u64;
+            self.position = chunk.start + chunk.data.len() as u64;
+            sent += chunk.data.len() as u64;
             let at = if read_time {
                 Utc::now()
             } else {
-                DateTime::<Utc>::from(read.modified)
+                chunk.modified
             };
-            let data = &buf[..read.len];
             let flowing = if hold_back {
-                self.send_complete_lines(at, data, emitter)
+                self.send_complete_lines(at, chunk.data, emitter).await
             } else {
-                emitter.emit(self.index, at, data)
+                emitter.emit(self.index, at, chunk.data).await
             };
             if !flowing {
                 return Ok(false);
@@ -340,55 +384,53 @@ impl StreamCursor {
         Ok(true)
     }
 
-    fn send_complete_lines(
+    async fn send_complete_lines(
         &mut self,
         at: DateTime<Utc>,
-        data: &[u8],
+        mut data: Vec<u8>,
         emitter: &mut Emitter,
     ) -> bool {
         match data.iter().rposition(|b| *b == b'\n') {
             Some(last_newline) => {
-                let (complete, rest) = data.split_at(last_newline + 1);
-                let flowing = if self.pending.is_empty() {
-                    emitter.emit(self.index, at, complete)
+                let rest = data.split_off(last_newline + 1);
+                let complete = if self.pending.is_empty() {
+                    data
                 } else {
                     let mut line = std::mem::take(&mut self.pending);
-                    line.extend_from_slice(complete);
-                    emitter.emit(self.index, at, &line)
+                    line.extend_from_slice(&data);
+                    line
                 };
-                self.pending = rest.to_vec();
-                flowing
+                self.pending = rest;
+                emitter.emit(self.index, at, complete).await
             }
             None => {
-                self.pending.extend_from_slice(data);
+                self.pending.extend_from_slice(&data);
                 // A line this long is sent in parts rather than held without bound.
                 if self.pending.len() >= MAX_PENDING_LINE {
                     let part = std::mem::take(&mut self.pending);
-                    return emitter.emit(self.index, at, &part);
+                    return emitter.emit(self.index, at, part).await;
                 }
                 true
             }
         }
     }
 
-    fn flush_pending(&mut self, emitter: &mut Emitter) -> bool {
-        if self.pending.is_empty() {
-            return true;
-        }
+    async fn flush_pending(&mut self, emitter: &mut Emitter) -> bool {
         let line = std::mem::take(&mut self.pending);
-        emitter.emit(self.index, Utc::now(), &line)
+        emitter.emit(self.index, Utc::now(), line).await
     }
 
     /// The byte at `position`, if there is one.
-    fn byte_at(&self, position: u64) -> std::io::Result<Option<u8>> {
-        let mut byte = [0u8; 1];
-        let read = self.stream.read_at(position, &mut byte)?;
-        Ok((read.len == 1 && read.start == position).then_some(byte[0]))
+    async fn byte_at(&self, position: u64) -> std::io::Result<Option<u8>> {
+        let chunk = read_chunk(&self.stream, position, 1).await?;
+        Ok((chunk.start == position)
+            .then(|| chunk.data.first().copied())
+            .flatten())
     }
 
     /// Where the lines written at or after `since` start: the first file modified at or
     /// after it, past the end of a line begun in an older file.
-    fn since_floor(
+    async fn since_floor(
         &self,
         pieces: &[Piece],
         since: DateTime<Utc>,
@@ -401,22 +443,21 @@ impl StreamCursor {
             return Ok(end);
         };
         let start = pieces[first_kept].start;
-        if first_kept == 0 || self.byte_at(start - 1)? == Some(b'\n') {
+        if first_kept == 0 || self.byte_at(start - 1).await? == Some(b'\n') {
             return Ok(start);
         }
-        let mut buf = vec![0u8; TAIL_CHUNK];
         let mut position = start;
         while position < end {
             let want =
-                usize::try_from(end - position).map_or(buf.len(), |left| left.min(buf.len()));
-            let read = self.stream.read_at(position, &mut buf[..want])?;
-            if read.len == 0 {
+                usize::try_from(end - position).map_or(TAIL_CHUNK, |left| left.min(TAIL_CHUNK));
+            let chunk = read_chunk(&self.stream, position, want).await?;
+            if chunk.data.is_empty() {
                 break;
             }
-            if let Some(newline) = buf[..read.len].iter().position(|b| *b == b'\n') {
-                return Ok(read.start + newline as u64 + 1);
+            if let Some(newline) = chunk.data.iter().position(|b| *b == b'\n') {
+                return Ok(chunk.start + newline as u64 + 1);
             }
-            position = read.start + read.len as u64;
+            position = chunk.start + chunk.data.len() as u64;
         }
         Ok(end)
     }
@@ -424,32 +465,35 @@ impl StreamCursor {
     /// Where the last `lines` lines of `[floor, end)` start, reading backwards in chunks,
     /// and how many lines there are from there (fewer when the range has fewer). A final
     /// line without a newline counts.
-    fn tail_start(&self, floor: u64, end: u64, lines: usize) -> std::io::Result<(u64, usize)> {
+    async fn tail_start(
+        &self,
+        floor: u64,
+        end: u64,
+        lines: usize,
+    ) -> std::io::Result<(u64, usize)> {
         if lines == 0 || end <= floor {
             return Ok((end, 0));
         }
-        let ends_with_newline = self.byte_at(end - 1)? == Some(b'\n');
+        let ends_with_newline = self.byte_at(end - 1).await? == Some(b'\n');
         // The start is just after the newline that ends the line before the wanted ones.
         let boundary = lines + usize::from(ends_with_newline);
-        let mut buf = vec![0u8; TAIL_CHUNK];
         let mut newlines = 0usize;
         let mut position = end;
         while position > floor {
             let from = position.saturating_sub(TAIL_CHUNK as u64).max(floor);
-            let len = usize::try_from(position - from).unwrap_or(0);
-            let mut filled = 0;
-            while filled < len {
-                let read = self
-                    .stream
-                    .read_at(from + filled as u64, &mut buf[filled..len])?;
-                if read.len == 0 || read.start != from + filled as u64 {
+            let mut block = Vec::with_capacity(TAIL_CHUNK);
+            while (block.len() as u64) < position - from {
+                let at = from + block.len() as u64;
+                let want = usize::try_from(position - at).unwrap_or(TAIL_CHUNK);
+                let chunk = read_chunk(&self.stream, at, want).await?;
+                if chunk.data.is_empty() || chunk.start != at {
                     // Rotated away meanwhile: what is left starts here.
                     let lines_found = newlines + usize::from(!ends_with_newline);
                     return Ok((position, lines_found.min(lines)));
                 }
-                filled += read.len;
+                block.extend_from_slice(&chunk.data);
             }
-            for (index, byte) in buf[..len].iter().enumerate().rev() {
+            for (index, byte) in block.iter().enumerate().rev() {
                 if *byte == b'\n' {
                     newlines += 1;
                     if newlines == boundary {
@@ -471,33 +515,18 @@ pub(crate) async fn write_logs(
     followed: Option<Followed>,
     out: mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Handle::current();
-    // Plain blocking file reads on a thread of their own; the channel's bound is the
-    // backpressure that keeps memory flat whatever the file's size.
-    tokio::task::spawn_blocking(move || write_logs_blocking(paths, options, followed, out, runtime))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-fn write_logs_blocking(
-    paths: LogPaths,
-    options: LogOptions,
-    followed: Option<Followed>,
-    out: mpsc::Sender<Bytes>,
-    runtime: tokio::runtime::Handle,
-) -> std::io::Result<()> {
     let mut emitter = Emitter::new(out, options.timestamps, options.limit_bytes);
     let mut streams = [
         StreamCursor::new(0, paths.stdout),
         StreamCursor::new(1, paths.stderr),
     ];
     let mut plans = Vec::with_capacity(2);
-    for stream in &mut streams {
-        let pieces = stream.stream.pieces()?;
+    for stream in &streams {
+        let pieces = stream_pieces(&stream.stream).await?;
         let end = pieces.last().map_or(0, Piece::end);
         let mut floor = pieces.first().map_or(0, |piece| piece.start);
         if let Some(since) = options.since {
-            floor = stream.since_floor(&pieces, since, end)?;
+            floor = stream.since_floor(&pieces, since, end).await?;
         }
         // Missing files sort first, as the oldest.
         let modified = pieces
@@ -510,17 +539,19 @@ fn write_logs_blocking(
     if let Some(mut wanted) = options.tail_lines {
         // The last lines of the combined output: the later stream's, then the earlier's.
         for (index, _, floor, end) in plans.iter_mut().rev() {
-            let (start, found) = streams[*index].tail_start(*floor, *end, wanted)?;
+            let (start, found) = streams[*index].tail_start(*floor, *end, wanted).await?;
             *floor = start;
             wanted -= found;
         }
     }
     let following = followed.is_some();
-    let mut buf = vec![0u8; READ_CHUNK];
     for (index, _, floor, end) in &plans {
         let stream = &mut streams[*index];
         stream.position = *floor;
-        if !stream.send_until(*end, u64::MAX, false, following, &mut emitter, &mut buf)? {
+        if !stream
+            .send_until(*end, u64::MAX, false, following, &mut emitter)
+            .await?
+        {
             return Ok(());
         }
         // Whatever else is in the file now is sent by the follow, stamped when read.
@@ -529,15 +560,8 @@ fn write_logs_blocking(
     let Some(followed) = followed else {
         return Ok(());
     };
-    let mut cursors: Vec<&mut StreamCursor> = streams.iter_mut().collect();
-    follow(
-        &mut cursors,
-        &followed,
-        &mut emitter,
-        false,
-        &runtime,
-        &mut buf,
-    )
+    let [stdout, stderr] = &mut streams;
+    follow(&mut [stdout, stderr], &followed, &mut emitter, false).await
 }
 
 /// Streams what is appended to `path` from now on, unfinished lines included, until the
@@ -547,53 +571,41 @@ pub(crate) async fn follow_from_end(
     followed: Followed,
     out: mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let mut cursor = StreamCursor::new(0, path);
-        cursor.position = cursor.stream.end()?;
-        let mut emitter = Emitter::new(out, false, None);
-        let mut buf = vec![0u8; READ_CHUNK];
-        follow(
-            &mut [&mut cursor],
-            &followed,
-            &mut emitter,
-            true,
-            &runtime,
-            &mut buf,
-        )
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    let mut cursor = StreamCursor::new(0, path);
+    cursor.position = stream_end(&cursor.stream).await?;
+    let mut emitter = Emitter::new(out, false, None);
+    follow(&mut [&mut cursor], &followed, &mut emitter, true).await
 }
 
 /// Sends new output of `streams` until the container stops and they are drained, or the
 /// client goes away. Without `send_partial_lines` a line is sent once it is complete.
 /// Positions are stream positions, so output rotated into a segment between two polls is
 /// read from there: nothing is skipped or sent twice.
-fn follow(
+async fn follow(
     streams: &mut [&mut StreamCursor],
     followed: &Followed,
     emitter: &mut Emitter,
     send_partial_lines: bool,
-    runtime: &tokio::runtime::Handle,
-    buf: &mut [u8],
 ) -> std::io::Result<()> {
-    let mut last_liveness_check: Option<std::time::Instant> = None;
+    let mut last_liveness_check: Option<Instant> = None;
     let mut stopped = false;
     loop {
         let mut progressed = false;
         for stream in streams.iter_mut() {
-            let end = stream.stream.end()?;
+            let end = stream_end(&stream.stream).await?;
             if stream.position < end {
                 progressed = true;
                 let hold_back = !(send_partial_lines || stopped);
-                if !stream.send_until(end, MAX_READ_PER_POLL, true, hold_back, emitter, buf)? {
+                if !stream
+                    .send_until(end, MAX_READ_PER_POLL, true, hold_back, emitter)
+                    .await?
+                {
                     return Ok(());
                 }
             }
             if (send_partial_lines || stopped) && !stream.pending.is_empty() {
                 progressed = true;
-                if !stream.flush_pending(emitter) {
+                if !stream.flush_pending(emitter).await {
                     return Ok(());
                 }
             }
@@ -606,16 +618,16 @@ fn follow(
             return Ok(());
         }
         if last_liveness_check.is_none_or(|at| at.elapsed() >= LIVENESS_INTERVAL) {
-            last_liveness_check = Some(std::time::Instant::now());
-            if runtime.block_on(followed.has_stopped()) {
+            last_liveness_check = Some(Instant::now());
+            if followed.has_stopped().await {
                 // One more pass reads what it wrote last, unfinished lines included.
                 stopped = true;
                 continue;
             }
         }
-        std::thread::sleep(POLL_INTERVAL);
-        if emitter.out.is_closed() {
-            return Ok(());
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = emitter.out.closed() => return Ok(()),
         }
     }
 }
@@ -713,8 +725,8 @@ mod tests {
         String::from_utf8(content).unwrap()
     }
 
-    #[test]
-    fn last_lines_are_found_backwards_across_chunks_and_rotated_files() {
+    #[tokio::test]
+    async fn last_lines_are_found_backwards_across_chunks_and_rotated_files() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("0.stdout");
         write_rotated(&live, 0..20_000, 100);
@@ -728,18 +740,18 @@ mod tests {
         let pieces = cursor.stream.pieces().unwrap();
         assert!(pieces.len() > 2, "rotated: {pieces:?}");
         let end = cursor.stream.end().unwrap();
-        let (start, found) = cursor.tail_start(0, end, 12_000).unwrap();
+        let (start, found) = cursor.tail_start(0, end, 12_000).await.unwrap();
         assert_eq!(found, 12_000);
         let mut want: String = (8_001..20_000).map(|i| format!("line {i}\n")).collect();
         want.push_str("partial");
         assert_eq!(read_range(&cursor, start, end), want);
         // More lines than there are: all of them, and how many.
-        let (start, found) = cursor.tail_start(0, end, 30_000).unwrap();
+        let (start, found) = cursor.tail_start(0, end, 30_000).await.unwrap();
         assert_eq!((start, found), (0, 20_001));
     }
 
-    #[test]
-    fn a_whole_rotated_stream_is_sent_in_order_in_bounded_chunks() {
+    #[tokio::test]
+    async fn a_whole_rotated_stream_is_sent_in_order_in_bounded_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("0.stdout");
         write_rotated(&live, 0..30_000, 100);
@@ -747,13 +759,13 @@ mod tests {
         let mut emitter = Emitter::new(sender, false, None);
         let mut cursor = StreamCursor::new(0, live);
         let end = cursor.stream.end().unwrap();
-        let mut buf = vec![0u8; READ_CHUNK];
         assert!(cursor
-            .send_until(end, u64::MAX, false, false, &mut emitter, &mut buf)
+            .send_until(end, u64::MAX, false, false, &mut emitter)
+            .await
             .unwrap());
         drop(emitter);
         let mut content = Vec::new();
-        while let Some(chunk) = receiver.blocking_recv() {
+        while let Some(chunk) = receiver.recv().await {
             assert!(chunk.len() <= READ_CHUNK);
             content.extend_from_slice(&chunk);
         }
@@ -761,20 +773,28 @@ mod tests {
         assert_eq!(String::from_utf8(content).unwrap(), want);
     }
 
-    #[test]
-    fn held_back_lines_complete_with_the_next_read_and_streams_never_share_a_line() {
+    #[tokio::test]
+    async fn held_back_lines_complete_with_the_next_read_and_streams_never_share_a_line() {
         let (sender, mut receiver) = mpsc::channel(64);
         let mut emitter = Emitter::new(sender, false, None);
         let mut stdout = StreamCursor::new(0, PathBuf::from("/nonexistent/0.stdout"));
         let now = Utc::now();
-        assert!(stdout.send_complete_lines(now, b"a\nb", &mut emitter));
-        assert!(stdout.send_complete_lines(now, b"c\n", &mut emitter));
+        assert!(
+            stdout
+                .send_complete_lines(now, b"a\nb".to_vec(), &mut emitter)
+                .await
+        );
+        assert!(
+            stdout
+                .send_complete_lines(now, b"c\n".to_vec(), &mut emitter)
+                .await
+        );
         // A line left open by stderr is ended before stdout's next line.
-        assert!(emitter.emit(1, now, b"err-partial"));
-        assert!(emitter.emit(0, now, b"d\n"));
+        assert!(emitter.emit(1, now, b"err-partial".to_vec()).await);
+        assert!(emitter.emit(0, now, b"d\n".to_vec()).await);
         drop(emitter);
         let mut content = Vec::new();
-        while let Some(chunk) = receiver.blocking_recv() {
+        while let Some(chunk) = receiver.recv().await {
             content.extend_from_slice(&chunk);
         }
         assert_eq!(
@@ -783,18 +803,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn timestamps_start_lines_only_and_limit_bytes_cuts() {
+    #[tokio::test]
+    async fn timestamps_start_lines_only_and_limit_bytes_cuts() {
         let (sender, mut receiver) = mpsc::channel(64);
         let mut emitter = Emitter::new(sender, true, Some(54));
         let at = DateTime::parse_from_rfc3339("2024-05-06T07:08:09Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert!(emitter.emit(0, at, b"one\ntw"));
-        assert!(!emitter.emit(0, at, b"o\nthree\n"));
+        assert!(emitter.emit(0, at, b"one\ntw".to_vec()).await);
+        assert!(!emitter.emit(0, at, b"o\nthree\n".to_vec()).await);
         drop(emitter);
         let mut content = Vec::new();
-        while let Some(chunk) = receiver.blocking_recv() {
+        while let Some(chunk) = receiver.recv().await {
             content.extend_from_slice(&chunk);
         }
         assert_eq!(

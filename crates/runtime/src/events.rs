@@ -925,4 +925,46 @@ mod tests {
         assert_eq!(last.1["metadata"]["name"], name.as_str());
         assert_eq!(last.1["count"], 4);
     }
+
+    /// A sink whose writes never finish, like an API server that accepts connections but
+    /// never answers.
+    struct HangingSink {
+        attempts: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventSink for HangingSink {
+        async fn create(&self, _: &Event) -> Result<(), SinkError> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+
+        async fn patch(&self, _: &str, _: &str, _: &Value) -> Result<(), SinkError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn recording_never_waits_for_the_server() {
+        let sink = Arc::new(HangingSink {
+            attempts: Default::default(),
+        });
+        let options = RecorderOptions {
+            queue_length: 10,
+            ..Default::default()
+        };
+        let recorder = EventRecorder::with_sink(sink.clone(), "kubelet", "node-1", options);
+        // Far more than the queue holds, from a single-threaded runtime: had record()
+        // waited for room, this loop would never end.
+        for i in 0..10_000 {
+            recorder.record(
+                pod(&format!("p{i}"), "u"),
+                EventType::Normal,
+                "Started",
+                "m",
+            );
+        }
+        tokio::task::yield_now().await;
+        assert!(sink.attempts.load(Ordering::SeqCst) <= 1);
+    }
 }

@@ -6,7 +6,8 @@
 //! Map: [`node`] (Node object, status, Lease), [`manager`] (pod watch, one worker per pod),
 //! [`worker`] (the per-pod sync), [`spec`]/[`env`]/[`volumes`] (what a container is
 //! created from), [`status`] (pod status), [`prober`] (probe schedules over [`probe`]),
-//! [`server`] (HTTP endpoints over the [`api::KubeletApi`] seam).
+//! [`server`] (HTTP endpoints over the [`api::KubeletApi`] seam), [`logrotate`] (container
+//! log rotation, and the reader that spans rotated files).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;

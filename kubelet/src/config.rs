@@ -48,6 +48,11 @@ pub struct KubeletConfig {
     pub container_log_rotation: crate::logrotate::RotationPolicy,
     /// How often container log files are checked for rotation.
     pub container_log_monitor_interval: Duration,
+    /// Where the cgroup filesystem is mounted (pod cgroups are removed below it).
+    pub cgroup_root: PathBuf,
+    /// How often containers, networks, cgroups and directories of pods no longer bound
+    /// here are looked for and removed (also once the first pod list is in).
+    pub housekeeping_interval: Duration,
 }
 
 impl KubeletConfig {
@@ -78,6 +83,8 @@ impl KubeletConfig {
             runtimes: vec![runtime],
             container_log_rotation: crate::logrotate::RotationPolicy::default(),
             container_log_monitor_interval: crate::logrotate::DEFAULT_MONITOR_INTERVAL,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            housekeeping_interval: Duration::from_secs(60),
         }
     }
 

@@ -2,7 +2,7 @@
 //! config (runc's defaults for mounts, capabilities and masked paths, like containerd's
 //! CRI plugin would produce).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use rkube_cri::ImageConfig;
@@ -435,26 +435,50 @@ pub fn pod_cgroup(pod_uid: &str) -> String {
     format!("rkube/pod{pod_uid}")
 }
 
-/// Removes the pod's cgroup, empty once its containers are removed, from every hierarchy
-/// (cgroup v2 at `/sys/fs/cgroup`, v1 one per controller below it). rmdir refuses a cgroup
-/// that still has processes or children, so this never takes one from a live container.
-pub fn remove_pod_cgroups(pod_uid: &str) {
+/// Removes the pod's cgroup, and the container cgroups below it, from every hierarchy
+/// under `cgroup_root` (cgroup v2 at the root itself, v1 one per controller below it).
+/// Only empty cgroups go: rmdir refuses one that still has processes, so this never takes
+/// one from a live container (whose runtime must stop it first). Returns the cgroups
+/// that could not be removed.
+pub fn remove_pod_cgroups(cgroup_root: &Path, pod_uid: &str) -> Vec<PathBuf> {
     // Pod UIDs are server-generated; anything else must not become a path.
     if pod_uid.is_empty()
         || !pod_uid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return;
+        return Vec::new();
     }
-    let root = Path::new("/sys/fs/cgroup");
     let relative = pod_cgroup(pod_uid);
-    let mut dirs = vec![root.join(&relative)];
-    if let Ok(hierarchies) = std::fs::read_dir(root) {
-        dirs.extend(hierarchies.flatten().map(|h| h.path().join(&relative)));
+    let mut dirs = vec![cgroup_root.join(&relative)];
+    if let Ok(hierarchies) = std::fs::read_dir(cgroup_root) {
+        dirs.extend(
+            hierarchies
+                .flatten()
+                .filter(|h| h.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|h| h.path().join(&relative)),
+        );
     }
+    let mut left = Vec::new();
     for dir in dirs {
-        let _ = std::fs::remove_dir(dir);
+        // A container cgroup outlives its container when the runtime died before
+        // deleting it; the pod's cgroup cannot go while one remains.
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for child in children.flatten() {
+                if child.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_cgroup_dir(&child.path(), &mut left);
+                }
+            }
+        }
+        remove_cgroup_dir(&dir, &mut left);
+    }
+    left
+}
+
+fn remove_cgroup_dir(dir: &Path, left: &mut Vec<PathBuf>) {
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => left.push(dir.to_path_buf()),
+        _ => {}
     }
 }
 

@@ -309,6 +309,7 @@ impl PodWorker {
             }
         };
         Ok(Prepared {
+            pod_dir,
             network,
             facts,
             sources,
@@ -936,7 +937,7 @@ impl PodWorker {
             return;
         }
         let _ = runtime.signal(id, 15).await;
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = deadline_after(grace);
         while tokio::time::Instant::now() < deadline {
             if exited(runtime.status(id).await) {
                 return;
@@ -944,7 +945,7 @@ impl PodWorker {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = runtime.signal(id, 9).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = deadline_after(Duration::from_secs(10));
         while tokio::time::Instant::now() < deadline {
             if exited(runtime.status(id).await) {
                 return;
@@ -983,7 +984,7 @@ impl PodWorker {
         self.probes.clear();
         let runtime = self.node.runtime.runtime.clone();
         let instances = self.instances().await.unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = deadline_after(grace);
         let mut stops = Vec::new();
         for (name, list) in &instances {
             let Some(current) = list.first().filter(|c| is_running(c)) else {
@@ -1038,9 +1039,25 @@ impl PodWorker {
             tracing::warn!(uid = %self.uid, error = %e, "tearing down pod network failed");
         }
         self.network = None;
-        crate::spec::remove_pod_cgroups(&self.uid);
-        let _ = std::fs::remove_dir_all(self.node.pod_dir(&self.uid));
+        let busy = crate::spec::remove_pod_cgroups(&self.node.config.cgroup_root, &self.uid);
+        if !busy.is_empty() {
+            tracing::warn!(uid = %self.uid, cgroups = ?busy, "pod cgroups still in use; left in place");
+        }
+        if let Err(e) = volumes::remove_pod_dir(&self.node.pod_dir(&self.uid)) {
+            tracing::warn!(uid = %self.uid, error = %e, "removing the pod directory failed");
+        }
     }
+}
+
+/// The grace period comes from the pod (terminationGracePeriodSeconds or
+/// deletionGracePeriodSeconds, up to i64::MAX seconds), and `Instant + Duration` panics on
+/// overflow; a period too long to represent waits as long as tokio's own far future.
+fn deadline_after(wait: Duration) -> tokio::time::Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }
 
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -1075,6 +1092,7 @@ fn format_duration(d: Duration) -> String {
 
 /// What a pod's containers are created against.
 pub struct Prepared {
+    pod_dir: std::path::PathBuf,
     network: PodNetworkStatus,
     facts: PodFacts,
     sources: Sources,
@@ -1083,35 +1101,36 @@ pub struct Prepared {
     resolv: String,
 }
 
+/// The container's bind mounts; a subPath is resolved beneath its volume and mounted
+/// by the kubelet under the pod directory first.
 fn container_mounts(container: &Container, prepared: &Prepared) -> Result<Vec<BindMount>, String> {
     let mut mounts = Vec::new();
     let mut destinations = HashSet::new();
-    for m in container.volume_mounts.iter().flatten() {
+    for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
         let Some(source) = prepared.volume_paths.get(&m.name) else {
             return Err(format!(
                 "cannot find volume {:?} to mount into container {:?}",
                 m.name, container.name
             ));
         };
-        let mut source = source.clone();
+        let mut source = source.to_string_lossy().into_owned();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if std::path::Path::new(sub)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(format!(
-                    "invalid subPath {sub:?}: must be a relative path without '..'"
-                ));
-            }
-            source = source.join(sub);
-            if !source.exists() {
-                std::fs::create_dir_all(&source)
-                    .map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
-            }
+            let resolved = volumes::resolve_sub_path(std::path::Path::new(&source), &m.name, sub)
+                .map_err(|e| e.to_string())?;
+            let target =
+                volumes::sub_path_target(&prepared.pod_dir, &m.name, &container.name, index)
+                    .ok_or_else(|| format!("invalid volume name {:?}", m.name))?;
+            resolved.bind(&target).map_err(|e| {
+                format!(
+                    "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
+                    m.name, container.name
+                )
+            })?;
+            source = target.to_string_lossy().into_owned();
         }
         destinations.insert(m.mount_path.clone());
         mounts.push(BindMount {
-            source: source.to_string_lossy().into_owned(),
+            source,
             destination: m.mount_path.clone(),
             read_only: m.read_only.unwrap_or(false),
         });
@@ -1182,6 +1201,60 @@ mod tests {
         assert_eq!(ids, ["a2", "a1", "a0"]);
         assert_eq!(grouped["b"].len(), 1);
         assert_eq!(grouped.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pod_with_a_huge_grace_period_is_stopped_without_overflow() {
+        use rkube_cri::{ContainerRuntime, PodNetwork};
+        let test = crate::manager::testing::node();
+        let mut pod = crate::manager::testing::pod("web", "uid-huge");
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(i64::MAX);
+        let mut worker = PodWorker::new(
+            test.node.clone(),
+            "uid-huge".into(),
+            Arc::new(Notify::new()),
+        );
+        worker.sync(&pod).await;
+        let running: Vec<ContainerInfo> = test.runtime.list().await.unwrap();
+        assert_eq!(running.len(), 1);
+        assert!(is_running(&running[0]));
+
+        // The spec's period, and the deletion's (which the kubelet must not trust either).
+        for (deletion_grace, spec_grace) in [(Some(i64::MAX), Some(30)), (None, Some(i64::MAX))] {
+            let mut deleted = pod.clone();
+            deleted.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+            deleted.metadata.deletion_grace_period_seconds = deletion_grace;
+            deleted
+                .spec
+                .as_mut()
+                .unwrap()
+                .termination_grace_period_seconds = spec_grace;
+            worker.sync(&deleted).await;
+            assert!(
+                test.runtime.list().await.unwrap().is_empty(),
+                "containers are removed"
+            );
+            assert_eq!(test.network.status("uid-huge").await.unwrap(), None);
+            worker.sync(&pod).await;
+        }
+        // A running pod whose container must be replaced (spec changed) is stopped with
+        // the spec's grace period too.
+        let mut changed = pod.clone();
+        changed.spec.as_mut().unwrap().containers[0].args = Some(vec!["new".into()]);
+        worker.sync(&changed).await;
+        let old_hash = spec_hash(&pod.spec.as_ref().unwrap().containers[0]);
+        let old_running = test
+            .runtime
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.labels[labels::SPEC_HASH] == old_hash && is_running(c))
+            .count();
+        assert_eq!(old_running, 0, "the outdated container was stopped");
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl PodManager {
         let mut events = node.runtime.runtime.events();
         let mut shutdown = self.shutdown.clone();
         let mut initial: Vec<String> = Vec::new();
-        let mut housekeeping = tokio::time::interval(node.config.housekeeping_interval);
+        let period = node.config.housekeeping_interval;
+        // The first pass runs when the initial list is complete, not on the first tick.
+        let mut housekeeping =
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

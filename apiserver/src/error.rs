@@ -35,6 +35,29 @@ impl IntoResponse for ErrorResponse {
 
 pub type ApiResult<T> = Result<T, ErrorResponse>;
 
+/// Wraps `router` so that a handler that panics costs its request one 500 Status (upstream's
+/// words; the panic itself goes to the log) instead of the connection, and the server keeps
+/// serving. Panics in spawned tasks (watch streams) are outside its reach: they end their
+/// own stream only.
+pub fn catch_panics(router: axum::Router) -> axum::Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
+}
+
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    tracing::error!(panic = %detail, "request handler panicked");
+    ErrorResponse(ApiError::internal(
+        "This request caused apiserver to panic. Look in the logs for details.",
+    ))
+    .into_response()
+}
+
 /// Maps a storage error for one object to the upstream Status.
 pub fn store_error(resource: &ResourceInfo, name: &str, err: StoreError) -> ErrorResponse {
     let api = match err {
@@ -65,6 +88,50 @@ pub fn store_error_any(err: StoreError) -> ErrorResponse {
         StoreError::Unavailable(msg) => ErrorResponse(ApiError::service_unavailable(format!(
             "storage unavailable: {msg}"
         ))),
+        // A continue token or an exact list naming a revision storage has not reached.
+        StoreError::FutureRevision { requested, current } => ErrorResponse(ApiError::timeout(
+            format!("Too large resource version: {requested}, current: {current}"),
+        )),
         other => ErrorResponse(ApiError::internal(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn explode() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_costs_one_500_status_and_the_router_keeps_serving() {
+        let router = catch_panics(
+            axum::Router::new()
+                .route("/boom", get(explode))
+                .route("/fine", get(|| async { "ok" })),
+        );
+        let resp = router
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "InternalError");
+        assert_eq!(status["code"], 500);
+        let resp = router
+            .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 }

@@ -511,7 +511,7 @@ pub fn decode_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let value: Value = match essence {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml_ng::from_slice(body)
+        "application/yaml" | "application/x-yaml" | "text/yaml" => rkube_patch::from_yaml_slice(body)
             .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}")))?,
         // client-go's typed clients (kubectl create namespace/configmap/deployment...) send
         // protobuf; the kinds they send are translated to the equivalent JSON.
@@ -535,6 +535,7 @@ pub fn decode_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
             "the request body must be a JSON object",
         ));
     }
+    objects::check_depth(&value)?;
     Ok(value)
 }
 
@@ -593,6 +594,7 @@ async fn create_object(state: &ApiState, req: &Request, mut obj: Value) -> ApiRe
     crate::admission::on_create(state, resource, &mut obj)?;
     let name = objects::name_of(&obj).unwrap_or("").to_string();
     if req.params.dry_run() {
+        objects::check_storable(&obj)?;
         return Ok(obj);
     }
     let key = resource.key(namespace, &name);
@@ -654,6 +656,7 @@ async fn write_loop(
             return Ok(old);
         }
         if req.params.dry_run() {
+            objects::check_storable(&new)?;
             return Ok(new);
         }
         match commit(state, req, kv.mod_revision, new, None).await? {
@@ -741,9 +744,15 @@ fn patch_type(req: &Request) -> Result<PatchType, ApiError> {
 }
 
 fn patch_error(e: rkube_patch::PatchError) -> ApiError {
+    use rkube_patch::PatchError;
     match e {
-        rkube_patch::PatchError::Decode(msg) => ApiError::bad_request(msg),
-        rkube_patch::PatchError::Apply(msg) => ApiError::new(422, "Invalid", msg),
+        PatchError::Decode(msg) => ApiError::bad_request(msg),
+        e @ PatchError::TooManyOperations(_) => {
+            ApiError::too_large(format!("Request entity too large: {e}"))
+        }
+        e @ (PatchError::Apply(_) | PatchError::CopyTooLarge { .. } | PatchError::TooDeep) => {
+            ApiError::new(422, "Invalid", e.to_string())
+        }
     }
 }
 
@@ -858,6 +867,21 @@ fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
         .max(0)
 }
 
+/// `now + grace_seconds` (at least `now`) as an RFC 3339 timestamp. Grace periods are any
+/// int64, as upstream; one reaching past the last second a four-digit year can name gets
+/// that second instead of overflowing (the object then waits for its finalizers or kubelet).
+fn deletion_timestamp(now: chrono::DateTime<chrono::Utc>, grace_seconds: i64) -> String {
+    let latest = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .map(|t| t.and_utc());
+    let at = chrono::TimeDelta::try_seconds(grace_seconds.max(0))
+        .and_then(|d| now.checked_add_signed(d))
+        .filter(|at| latest.is_none_or(|l| *at <= l))
+        .or(latest)
+        .unwrap_or(now);
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 async fn delete(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let opts = delete_options(&req, None)?;
     let deleted = delete_object(&state, &req, &opts).await?;
@@ -914,10 +938,9 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
         let current_grace = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if !already || current_grace.is_some_and(|g| grace < g) {
             let meta = objects::meta_mut(&mut marked);
-            let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
             meta.insert(
                 "deletionTimestamp".into(),
-                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                json!(deletion_timestamp(chrono::Utc::now(), grace)),
             );
             if resource.kind == "Pod" || !already {
                 meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
@@ -1196,6 +1219,19 @@ mod tests {
             pod_grace_period(&json!({"spec": {"nodeName": "n"}}), Some(0)),
             0
         );
+    }
+
+    #[test]
+    fn deletion_timestamps_saturate_instead_of_overflowing() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(deletion_timestamp(now, 30), "2026-01-02T03:04:35Z");
+        assert_eq!(deletion_timestamp(now, 0), "2026-01-02T03:04:05Z");
+        for huge in [i64::MAX, i64::MAX / 1000, 400_000_000_000, 1 << 40] {
+            assert_eq!(deletion_timestamp(now, huge), "9999-12-31T23:59:59Z");
+        }
+        assert_eq!(deletion_timestamp(now, i64::MIN), "2026-01-02T03:04:05Z");
     }
 
     #[test]

@@ -259,29 +259,30 @@ async fn compact_periodically(
 /// The router. Fixed paths are routes; everything under /api and /apis goes through
 /// the Kubernetes URL parser.
 pub fn app(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route(
-            "/version",
-            get(|| async { json_value(StatusCode::OK, &discovery::version()) }),
-        )
+    let version = get(|| async { json_value(StatusCode::OK, &discovery::version()) });
+    let core = get(|headers: HeaderMap| async move { root_discovery(&headers, true) });
+    let groups = get(|headers: HeaderMap| async move { root_discovery(&headers, false) });
+    // Upstream serves these three with a trailing slash too (the Python client asks for
+    // `/version/`, `/api/` and `/apis/`); resource paths take one through `path::parse`.
+    // The health checks and `/openapi/v3/` do not: upstream answers 404 there.
+    let router = Router::new()
+        .route("/version", version.clone())
+        .route("/version/", version)
         .route("/healthz", get(health))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(health))
-        .route(
-            "/api",
-            get(|headers: HeaderMap| async move { root_discovery(&headers, true) }),
-        )
-        .route(
-            "/apis",
-            get(|headers: HeaderMap| async move { root_discovery(&headers, false) }),
-        )
+        .route("/api", core.clone())
+        .route("/api/", core)
+        .route("/apis", groups.clone())
+        .route("/apis/", groups)
         .route(
             "/openapi/v3",
             get(|| async { json_value(StatusCode::OK, &discovery::openapi_index()) }),
         )
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
-        .with_state(state)
+        .with_state(state);
+    error::catch_panics(router)
 }
 
 /// `/api` and `/apis`: aggregated discovery when the client asks for it (one round trip

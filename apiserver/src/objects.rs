@@ -26,13 +26,51 @@ pub fn set_resource_version(obj: &mut Value, revision: Revision) {
     }
 }
 
+/// The largest object stored: etcd's default request limit (`--max-request-bytes`, 1.5 MiB),
+/// applied to both storage backends before writing, so that the embedded store takes nothing
+/// etcd would refuse.
+pub const MAX_STORED_BYTES: usize = 1_572_864;
+
+/// Refuses objects nested deeper than can be stored and read back. Request bodies are
+/// checked as soon as they are decoded, before anything recurses over them.
+pub fn check_depth(obj: &Value) -> Result<(), ApiError> {
+    if rkube_patch::exceeds_depth(obj, rkube_patch::MAX_DEPTH) {
+        return Err(ApiError::bad_request(format!(
+            "the object is nested deeper than {} levels, the most that can be stored",
+            rkube_patch::MAX_DEPTH
+        )));
+    }
+    Ok(())
+}
+
+fn check_size(len: usize) -> Result<(), ApiError> {
+    if len > MAX_STORED_BYTES {
+        // What etcd answers, with upstream's 413 wording around it.
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: etcdserver: request is too large (the object is {len} bytes, limit is {MAX_STORED_BYTES})"
+        )));
+    }
+    Ok(())
+}
+
+/// What [`encode_for_storage`] checks, for writes that stop short of storage (dry runs).
+pub fn check_storable(obj: &Value) -> Result<(), ApiError> {
+    check_depth(obj)?;
+    check_size(rkube_patch::encoded_len(obj))
+}
+
 /// The bytes to store: the object without resourceVersion (removed from `obj` in place;
-/// callers stamp the new one after the write).
+/// callers stamp the new one after the write). Every write passes here, so this is where
+/// the depth and size limits hold whatever produced the object.
 pub fn encode_for_storage(obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    check_depth(obj)?;
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(obj).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
+    let bytes =
+        serde_json::to_vec(obj).map_err(|e| ApiError::internal(format!("encoding object: {e}")))?;
+    check_size(bytes.len())?;
+    Ok(bytes)
 }
 
 pub fn meta(obj: &Value) -> &Value {
@@ -75,14 +113,14 @@ pub fn generate_name(prefix: &str) -> String {
     let suffix: String = (0..5)
         .map(|_| NAME_ALPHABET[rng.gen_range(0..NAME_ALPHABET.len())] as char)
         .collect();
-    // Upstream trims the prefix so the result fits in 63 characters.
-    let max_prefix = 63 - suffix.len();
-    let prefix = if prefix.len() > max_prefix {
-        &prefix[..max_prefix]
-    } else {
-        prefix
-    };
-    format!("{prefix}{suffix}")
+    // Upstream trims the prefix so the result fits in 63 bytes. The cut backs off to a
+    // character boundary: a non-ASCII prefix is then refused by name validation, not by
+    // a panic here.
+    let mut cut = prefix.len().min(63 - suffix.len());
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &prefix[..cut])
 }
 
 /// Checks that the body's apiVersion/kind (when present) match the URL, and fills them in.
@@ -354,6 +392,13 @@ mod tests {
         assert!(n.starts_with("web-") && n.len() == 9);
         let long = "a".repeat(80);
         assert_eq!(generate_name(&long).len(), 63);
+        // 'é' is two bytes: 58 bytes would end inside the 30th one.
+        let accented = "é".repeat(40);
+        let n = generate_name(&accented);
+        assert!(
+            n.starts_with(&"é".repeat(29)) && n.len() == 29 * 2 + 5,
+            "{n}"
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@ use serde_json::{json, Map, Value};
 use crate::registry::ResourceInfo;
 use crate::validation::quantity::Quantity;
 
+/// The label upstream's API server sets on every namespace, valued with its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// Fills in upstream defaults (e.g. `spec.replicas: 1`, container
 /// `imagePullPolicy`, `terminationMessagePath`, service `type: ClusterIP`).
 pub fn apply_defaults(resource: &ResourceInfo, obj: &mut Value) {
@@ -40,6 +43,13 @@ pub fn apply_kind_defaults(kind: &str, obj: &mut Value) {
             }
         }
         "Namespace" => {
+            // The namespace strategy forces this label on every create and update, so
+            // selectors (NetworkPolicy, admission rules, `kubectl get ns -l`) can pick
+            // namespaces by name; users cannot change or remove it.
+            if let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) {
+                let metadata = object_at(obj, "metadata");
+                child_object(metadata, "labels").insert(NAMESPACE_NAME_LABEL.into(), json!(name));
+            }
             // The finalizer comes from the namespace create strategy, the phase from
             // SetDefaults_NamespaceStatus.
             let spec = object_at(obj, "spec");
@@ -750,6 +760,15 @@ mod tests {
         let ns = defaulted("Namespace", json!({"metadata": {"name": "x"}}));
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         assert_eq!(ns["status"]["phase"], "Active");
+        assert_eq!(ns["metadata"]["labels"][NAMESPACE_NAME_LABEL], "x");
+        let relabeled = defaulted(
+            "Namespace",
+            json!({"metadata": {"name": "x", "labels": {NAMESPACE_NAME_LABEL: "y", "team": "a"}}}),
+        );
+        assert_eq!(
+            relabeled["metadata"]["labels"],
+            json!({NAMESPACE_NAME_LABEL: "x", "team": "a"})
+        );
         let node = defaulted("Node", json!({"status": {"capacity": {"cpu": "2"}}}));
         assert_eq!(node["status"]["allocatable"], json!({"cpu": "2"}));
         let cm = defaulted("ConfigMap", json!({"data": {}}));

@@ -648,19 +648,19 @@ fn split_unescaped(text: &str, sep: char) -> Vec<String> {
 
 /// Splits `lhs<op>rhs` at the first unescaped operator, preferring `!=` and `==` over `=`.
 fn split_term(term: &str) -> Option<(&str, &'static str, &str)> {
-    let bytes = term.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    // Walks characters, not bytes: selectors arrive URL-decoded and may hold any UTF-8.
+    let mut chars = term.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
+        let rest = &term[i..];
         for op in ["!=", "==", "="] {
-            if term[i..].starts_with(op) {
-                return Some((&term[..i], op, &term[i + op.len()..]));
+            if let Some(value) = rest.strip_prefix(op) {
+                return Some((&term[..i], op, value));
             }
         }
-        i += 1;
     }
     None
 }
@@ -1020,6 +1020,25 @@ mod tests {
         );
         let escaped = FieldSelector::parse(r"metadata.name=a\,b").unwrap();
         assert_eq!(escaped.terms()[0].value, "a,b");
+    }
+
+    #[test]
+    fn multi_byte_text_in_field_selectors_is_parsed_not_sliced() {
+        let sel = FieldSelector::parse("é=x").unwrap();
+        assert_eq!(sel.terms()[0].field, "é");
+        assert_eq!(sel.terms()[0].value, "x");
+        let sel = FieldSelector::parse("metadata.name!=日本").unwrap();
+        assert!(sel.terms()[0].negated);
+        assert_eq!(sel.terms()[0].value, "日本");
+        // An escape followed by a multi-byte character, and one at the very end.
+        for text in ["a\\é=x", "é\\", "\\é", "é", "ü!é==ö", "=é", "😀=😀,é!=ß"] {
+            let _ = FieldSelector::parse(text);
+        }
+        assert!(FieldSelector::parse("é").is_err());
+        assert_eq!(
+            FieldSelector::parse("a\\é=x").unwrap().terms()[0].value,
+            "x"
+        );
     }
 
     #[test]

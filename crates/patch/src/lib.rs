@@ -8,15 +8,22 @@
 //!   strategic merge semantics. Field ownership (`managedFields`) is not tracked, so fields a
 //!   manager stops sending are kept rather than removed, and conflicts are never reported.
 //!
-//! Invariants: the result is always a JSON object, no input panics, and strategic merge
-//! recursion is capped at [`strategic::MAX_DEPTH`] levels.
+//! Invariants: the result is always a JSON object nested at most [`MAX_DEPTH`] levels, no
+//! input panics, and what a patch may cost is bounded: at most [`MAX_JSON_PATCH_OPERATIONS`]
+//! operations, `copy` operations adding at most [`MAX_COPY_BYTES`], no recursion deeper than
+//! the documents it is given.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod limits;
 mod schema;
 mod strategic;
 #[cfg(test)]
 mod tests;
 
+pub use limits::{
+    check_yaml_nesting, encoded_len, exceeds_depth, from_yaml_slice, MAX_COPY_BYTES, MAX_DEPTH,
+    MAX_JSON_PATCH_OPERATIONS,
+};
 use schema::Schema;
 use serde_json::{Map, Value};
 
@@ -57,6 +64,17 @@ pub enum PatchError {
     /// The patch is well-formed but cannot be applied to this object.
     #[error("{0}")]
     Apply(String),
+    /// A JSON patch with more operations than upstream allows (upstream answers 413).
+    #[error(
+        "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {0}"
+    )]
+    TooManyOperations(usize),
+    /// `copy` operations would add more than [`MAX_COPY_BYTES`] (upstream's words; 422).
+    #[error("Unable to complete the copy, the accumulated size increase of copy is {accumulated}, exceeding the limit {limit}")]
+    CopyTooLarge { accumulated: usize, limit: usize },
+    /// The result would nest deeper than [`MAX_DEPTH`], past what can be stored and read back.
+    #[error("the patched object would nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
 }
 
 /// Applies `patch` (the raw request body) of `patch_type` to `original`, an object of
@@ -75,9 +93,7 @@ pub fn apply_patch(
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_slice(patch)
                 .map_err(|e| PatchError::Decode(format!("invalid JSON patch: {e}")))?;
-            let mut doc = original.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| PatchError::Apply(e.to_string()))?;
-            doc
+            limits::apply_json_patch(original, &ops)?
         }
         PatchType::Merge => {
             let patch: Value = serde_json::from_slice(patch)
@@ -94,7 +110,7 @@ pub fn apply_patch(
         }
         PatchType::Apply => {
             // YAML is a superset of JSON, so one parser covers both bodies kubectl sends.
-            let patch: Value = serde_yaml_ng::from_slice(patch)
+            let patch: Value = from_yaml_slice(patch)
                 .map_err(|e| PatchError::Decode(format!("invalid apply configuration: {e}")))?;
             let patch = expect_object(patch, "apply configuration")?;
             // Upsert: a missing object starts empty, which also drops nulls from the body.
@@ -106,6 +122,12 @@ pub fn apply_patch(
             "patched object must be a JSON object, got {}",
             type_name(&result)
         )));
+    }
+    // Merges cannot nest deeper than their inputs, but YAML decodes one level deeper than
+    // JSON does, and JSON patches are checked operation by operation already: this is the
+    // one check every flavour passes.
+    if exceeds_depth(&result, MAX_DEPTH) {
+        return Err(PatchError::TooDeep);
     }
     Ok(result)
 }

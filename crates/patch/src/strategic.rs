@@ -18,8 +18,9 @@ use serde_json::{Map, Value};
 use crate::schema::{ListStrategy, Schema};
 use crate::PatchError;
 
-/// Deeper patches are rejected rather than risking the stack; real objects nest about 15 deep.
-pub(crate) const MAX_DEPTH: usize = 100;
+/// Deeper patches are rejected rather than risking the stack (real objects nest about 15
+/// deep): no result may nest deeper than this anyway.
+pub(crate) const MAX_DEPTH: usize = crate::MAX_DEPTH;
 
 const PATCH_DIRECTIVE: &str = "$patch";
 const RETAIN_KEYS_DIRECTIVE: &str = "$retainKeys";

@@ -492,7 +492,7 @@ fn results_that_are_not_objects_are_rejected() {
 #[test]
 fn deep_nesting_is_an_error_not_a_crash() {
     // Deep enough to pass serde_json's own limit of 128 but exceed ours.
-    let depth = 110;
+    let depth = 127;
     let body = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
     let err = apply_patch(
         PatchType::StrategicMerge,
@@ -577,4 +577,195 @@ fn content_types_map_to_patch_types() {
         Some(PatchType::Apply)
     );
     assert_eq!(PatchType::from_content_type("application/json"), None);
+}
+
+/// `{"a":{"a":...1...}}` nested `levels` deep (the outer object is level 1).
+fn nested_objects(levels: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(levels), "}".repeat(levels))
+}
+
+#[test]
+fn every_patch_type_keeps_results_within_the_depth_limit() {
+    use crate::{exceeds_depth, MAX_DEPTH};
+    let original = json!({"metadata": {"name": "x"}});
+    for levels in [
+        100,
+        MAX_DEPTH,
+        MAX_DEPTH + 1,
+        127,
+        128,
+        129,
+        10_000,
+        1_000_000,
+    ] {
+        let nested = nested_objects(levels);
+        let bodies = [
+            (PatchType::Merge, nested.clone()),
+            (PatchType::StrategicMerge, nested.clone()),
+            (PatchType::Apply, nested.clone()),
+            // Apply bodies are YAML, which decodes one level deeper than JSON.
+            (
+                PatchType::Apply,
+                format!(
+                    "{{a: {}1{}}}",
+                    "[".repeat(levels - 1),
+                    "]".repeat(levels - 1)
+                ),
+            ),
+            (
+                PatchType::Json,
+                format!(
+                    r#"[{{"op": "add", "path": "/spec", "value": {}}}]"#,
+                    nested_objects(levels - 1)
+                ),
+            ),
+        ];
+        for (patch_type, body) in bodies {
+            match apply_patch(patch_type, &original, body.as_bytes(), "Pod") {
+                Ok(result) => {
+                    assert!(levels <= MAX_DEPTH, "{patch_type:?} at {levels}");
+                    assert!(!exceeds_depth(&result, MAX_DEPTH));
+                    // What is accepted can be encoded and decoded again.
+                    let bytes = serde_json::to_vec(&result).unwrap();
+                    serde_json::from_slice::<Value>(&bytes).unwrap();
+                }
+                Err(e) => assert!(levels > MAX_DEPTH, "{patch_type:?} at {levels}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn json_patch_operations_are_capped_at_upstreams_limit() {
+    use crate::MAX_JSON_PATCH_OPERATIONS;
+    let op = r#"{"op": "test", "path": "/a", "value": 1}"#;
+    let ops = |n: usize| format!("[{}]", vec![op; n].join(","));
+    let original = json!({"a": 1});
+    assert!(apply_patch(
+        PatchType::Json,
+        &original,
+        ops(MAX_JSON_PATCH_OPERATIONS).as_bytes(),
+        "Pod"
+    )
+    .is_ok());
+    let err = apply_patch(
+        PatchType::Json,
+        &original,
+        ops(MAX_JSON_PATCH_OPERATIONS + 1).as_bytes(),
+        "Pod",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PatchError::TooManyOperations(10_001)),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "The allowed maximum operations in a JSON patch is 10000, got 10001"
+    );
+}
+
+#[test]
+fn doubling_copies_stop_at_the_copy_budget() {
+    // Each copy of the document's list into itself doubles it: 35 of them would need
+    // 2^35 times the list.
+    let original = json!({"spec": {"args": ["0123456789abcdef0123456789abcdef"]}});
+    let doubling: Vec<Value> = (0..35)
+        .map(|_| json!({"op": "copy", "from": "/spec/args", "path": "/spec/args/-"}))
+        .collect();
+    let err = apply_patch(
+        PatchType::Json,
+        &original,
+        Value::Array(doubling).to_string().as_bytes(),
+        "Pod",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PatchError::CopyTooLarge {
+                limit: 3_145_728,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with("Unable to complete the copy, the accumulated size increase of copy is "));
+
+    // Copying a map into itself nests it one level deeper each time.
+    let nesting: Vec<Value> = (0..200)
+        .map(|_| json!({"op": "copy", "from": "/spec", "path": "/spec/inner"}))
+        .collect();
+    let err = apply_patch(
+        PatchType::Json,
+        &original,
+        Value::Array(nesting).to_string().as_bytes(),
+        "Pod",
+    )
+    .unwrap_err();
+    assert!(matches!(err, PatchError::TooDeep), "{err}");
+
+    // Ordinary copies still work.
+    let ok = br#"[{"op": "copy", "from": "/spec/args/0", "path": "/spec/first"}]"#;
+    let out = apply_patch(PatchType::Json, &original, ok, "Pod").unwrap();
+    assert_eq!(out["spec"]["first"], original["spec"]["args"][0]);
+}
+
+#[test]
+fn moves_and_adds_cannot_build_a_document_deeper_than_the_limit() {
+    use crate::MAX_DEPTH;
+    // A chain 100 deep, then a second chain moved under its own end.
+    let chain = nested_objects(100);
+    let patch = format!(
+        r#"[{{"op": "add", "path": "/x", "value": {chain}}},
+            {{"op": "add", "path": "/y", "value": {chain}}},
+            {{"op": "move", "from": "/y", "path": "/x{}"}}]"#,
+        "/a".repeat(50)
+    );
+    let err = apply_patch(PatchType::Json, &json!({}), patch.as_bytes(), "Pod").unwrap_err();
+    assert!(matches!(err, PatchError::TooDeep), "{err}");
+    // The same move a few levels down is fine.
+    let patch = format!(
+        r#"[{{"op": "add", "path": "/x", "value": {{"a": {{}}}}}},
+            {{"op": "add", "path": "/y", "value": {}}},
+            {{"op": "move", "from": "/y", "path": "/x/a/b"}}]"#,
+        nested_objects(MAX_DEPTH - 4)
+    );
+    let out = apply_patch(PatchType::Json, &json!({}), patch.as_bytes(), "Pod").unwrap();
+    assert!(out["x"]["a"]["b"]["a"].is_object());
+    // Appending to a list counts the list's depth.
+    let patch = format!(
+        r#"[{{"op": "add", "path": "/l", "value": [[]]}},
+            {{"op": "add", "path": "/l/0/-", "value": {}}}]"#,
+        nested_objects(MAX_DEPTH - 2)
+    );
+    let err = apply_patch(PatchType::Json, &json!({}), patch.as_bytes(), "Pod").unwrap_err();
+    assert!(matches!(err, PatchError::TooDeep), "{err}");
+}
+
+#[test]
+fn deeply_nested_yaml_is_refused_before_the_quadratic_parser_runs() {
+    use crate::{check_yaml_nesting, from_yaml_slice};
+    // 1.5 million levels in a 3 MiB body: hours of libyaml time without the pre-scan.
+    let deep = format!("{{a: {}1{}}}", "[".repeat(1_500_000), "]".repeat(1_500_000));
+    let err = from_yaml_slice(deep.as_bytes()).unwrap_err();
+    assert!(err.contains("recursion limit exceeded"), "{err}");
+    // Brackets in quoted scalars and comments are text; real nesting still decodes.
+    let quoted = format!(
+        "a: '{}'\nb: \"{}\\\"\" # {}\nc: [[1], {{d: [2]}}]\ne: it's a[0]\n",
+        "[".repeat(500),
+        "{".repeat(500),
+        "[".repeat(500)
+    );
+    let value = from_yaml_slice(quoted.as_bytes()).unwrap();
+    assert_eq!(value["c"], json!([[1], {"d": [2]}]));
+    assert_eq!(value["e"], "it's a[0]");
+    assert!(
+        check_yaml_nesting(format!("{}{}", "[".repeat(128), "]".repeat(128)).as_bytes()).is_ok()
+    );
+    assert!(
+        check_yaml_nesting(format!("{}{}", "[".repeat(129), "]".repeat(129)).as_bytes()).is_err()
+    );
 }

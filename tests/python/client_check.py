@@ -61,12 +61,30 @@ def deployment_body(name, replicas):
     )
 
 
+def check_discovery():
+    # These three request `/version/`, `/api/` and `/apis/`, with a trailing slash.
+    step("discovery: version, core and group versions")
+    version = client.VersionApi().get_code()
+    expect_equal(version.major, "1", "server major version")
+    core_versions = client.CoreApi().get_api_versions()
+    check("v1" in core_versions.versions, f"core versions lack v1: {core_versions.versions}")
+    groups = {g.name for g in client.ApisApi().get_api_versions().groups}
+    check("apps" in groups, f"API groups lack apps: {sorted(groups)}")
+
+
 def check_namespaces(core):
     step("namespaces: list and create")
     names = {ns.metadata.name for ns in core.list_namespace().items}
     check("default" in names, f"namespace list lacks 'default': {sorted(names)}")
     created = core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     expect_equal(created.metadata.name, NAMESPACE, "created namespace name")
+    expect_equal(
+        (created.metadata.labels or {}).get("kubernetes.io/metadata.name"),
+        NAMESPACE,
+        "namespace name label",
+    )
+    selected = core.list_namespace(label_selector=f"kubernetes.io/metadata.name={NAMESPACE}")
+    expect_equal([ns.metadata.name for ns in selected.items], [NAMESPACE], "namespaces selected by name label")
 
 
 def check_pods(core):
@@ -201,6 +219,7 @@ def main():
     core = client.CoreV1Api()
     apps = client.AppsV1Api()
     try:
+        check_discovery()
         check_namespaces(core)
         check_pods(core)
         check_pod_watch(core)

@@ -433,6 +433,18 @@ async fn create_namespace_and_configmap(cluster: &TestCluster) {
     assert_lines(&out, &["namespace/team-a created"]);
     let namespace = get_json(cluster, &["namespace", "team-a"]).await;
     assert_eq!(namespace["status"]["phase"], "Active");
+    // The API server labels every namespace with its name, so selectors can pick it.
+    let out = cluster
+        .kubectl_ok(&[
+            "get",
+            "ns",
+            "-l",
+            "kubernetes.io/metadata.name=team-a",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_lines(&out, &["namespace/team-a"]);
 
     let out = cluster
         .kubectl_ok(&[

@@ -171,10 +171,19 @@ fn default_probe(probe: Option<&mut Value>) {
     let Some(probe) = probe.and_then(Value::as_object_mut) else {
         return;
     };
-    set_if_absent(probe, "timeoutSeconds", json!(1));
-    set_if_absent(probe, "periodSeconds", json!(10));
-    set_if_absent(probe, "successThreshold", json!(1));
-    set_if_absent(probe, "failureThreshold", json!(3));
+    // Upstream's SetDefaults_Probe treats 0 like unset: a probe every 0 seconds means the
+    // default, not a busy loop.
+    for (field, default) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        if probe.get(field).and_then(Value::as_i64) == Some(0) {
+            probe.remove(field);
+        }
+        set_if_absent(probe, field, json!(default));
+    }
     if let Some(http) = probe.get_mut("httpGet").and_then(Value::as_object_mut) {
         set_if_absent(http, "path", json!("/"));
         set_if_absent(http, "scheme", json!("HTTP"));
@@ -586,6 +595,14 @@ mod tests {
             json!({"cpu": "1", "memory": "1Gi"})
         );
         assert_eq!(c["readinessProbe"]["periodSeconds"], 10);
+        let zeroed = defaulted(
+            "Pod",
+            json!({"spec": {"containers": [{"name": "c", "image": "i",
+                "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 0, "timeoutSeconds": 0}}]}}),
+        );
+        let probe = &zeroed["spec"]["containers"][0]["livenessProbe"];
+        assert_eq!(probe["periodSeconds"], 10);
+        assert_eq!(probe["timeoutSeconds"], 1);
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/");
         assert_eq!(spec["volumes"][0]["emptyDir"], json!({}));
         assert_eq!(spec["volumes"][1]["secret"]["defaultMode"], 420);

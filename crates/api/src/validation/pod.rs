@@ -269,6 +269,47 @@ fn validate_volumes(volumes: &Value, path: &str, errs: &mut Vec<StatusCause>) ->
     seen
 }
 
+/// Upstream's validateProbe: no negative timings or thresholds (the kubelet would tick
+/// every 0 s or never), a positive probe-level grace period, and liveness and startup
+/// probes succeed on one success.
+fn validate_probe(probe: &Value, path: &str, single_success: bool, errs: &mut Vec<StatusCause>) {
+    if !probe.is_object() {
+        return;
+    }
+    for field in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
+        if probe[field].as_i64().is_some_and(|n| n < 0) {
+            errs.push(StatusCause::invalid(
+                child(path, field),
+                &probe[field],
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if single_success && probe["successThreshold"].as_i64().is_some_and(|n| n != 1) {
+        errs.push(StatusCause::invalid(
+            child(path, "successThreshold"),
+            &probe["successThreshold"],
+            "must be 1",
+        ));
+    }
+    if probe["terminationGracePeriodSeconds"]
+        .as_i64()
+        .is_some_and(|n| n <= 0)
+    {
+        errs.push(StatusCause::invalid(
+            child(path, "terminationGracePeriodSeconds"),
+            &probe["terminationGracePeriodSeconds"],
+            "must be greater than 0",
+        ));
+    }
+}
+
 fn validate_container(
     c: &Value,
     path: &str,
@@ -301,6 +342,15 @@ fn validate_container(
                 "must not have leading or trailing whitespace",
             ));
         }
+    }
+
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        validate_probe(
+            &c[probe],
+            &child(path, probe),
+            probe != "readinessProbe",
+            errs,
+        );
     }
 
     let mut port_names = HashSet::new();

@@ -547,3 +547,28 @@ fn tolerations_and_container_restart_policies() {
         ]
     );
 }
+
+#[test]
+fn probes_take_no_negative_timings() {
+    let mut p = pod();
+    p["spec"]["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["true"]},
+        "periodSeconds": -1, "initialDelaySeconds": -5, "successThreshold": 2,
+        "terminationGracePeriodSeconds": 0});
+    p["spec"]["containers"][0]["readinessProbe"] =
+        json!({"exec": {"command": ["true"]}, "successThreshold": 3, "failureThreshold": -1});
+    let errs = create("Pod", &p);
+    for expected in [
+        "spec.containers[0].livenessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
+        "spec.containers[0].livenessProbe.initialDelaySeconds: Invalid value: -5: must be greater than or equal to 0",
+        "spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1",
+        "spec.containers[0].livenessProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0",
+        "spec.containers[0].readinessProbe.failureThreshold: Invalid value: -1: must be greater than or equal to 0",
+    ] {
+        assert!(has(&errs, expected), "{expected} not in {:?}", messages(&errs));
+    }
+    assert!(
+        !has(&errs, "readinessProbe.successThreshold"),
+        "{:?}",
+        messages(&errs)
+    );
+}

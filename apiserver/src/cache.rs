@@ -9,6 +9,9 @@
 //!   sees every event after its starting revision exactly once.
 //! - When the storage watch cannot resume (history compacted away), the cache relists, raises
 //!   `history_floor` and tells every watcher to stop; clients then get a clean 410 or relist.
+//! - At start the cache lists at an older revision storage still has and replays the changes
+//!   since into its history before serving, so that watchers of a previous API server process
+//!   resume from their last resourceVersion without a gap (instead of a 410).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -270,7 +273,13 @@ pub enum CacheError {
 }
 
 struct State {
+    /// Serving: the initial list is loaded and caught up with storage as of its start.
     ready: bool,
+    /// The feeder must (re)list: at start, and when storage history was compacted away.
+    relist: bool,
+    /// After a (re)list at an older revision, the storage revision to replay up to before
+    /// serving.
+    catch_up_to: Revision,
     revision: Revision,
     objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>>,
     history: VecDeque<Arc<CacheEvent>>,
@@ -287,6 +296,9 @@ pub struct WatchCache {
 }
 
 const ROOT_PREFIX: &str = "/registry/";
+/// While replaying history after a list at an older revision, this long without an event
+/// means the revisions left were writes outside the watched prefix.
+const CATCH_UP_IDLE: Duration = Duration::from_secs(1);
 
 impl WatchCache {
     /// Creates the cache and starts feeding it from `store` until `shutdown` turns true.
@@ -300,6 +312,8 @@ impl WatchCache {
         let cache = Arc::new(WatchCache {
             state: RwLock::new(State {
                 ready: false,
+                relist: true,
+                catch_up_to: 0,
                 revision: 0,
                 objects: HashMap::new(),
                 history: VecDeque::new(),
@@ -473,10 +487,10 @@ impl WatchCache {
     async fn feed(&self, store: Arc<dyn Store>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if !self.is_ready() {
-                match store.list(ROOT_PREFIX, None).await {
-                    Ok(list) => {
-                        self.reset(list.kvs, list.revision);
+            if self.state.read().relist {
+                match self.initial_list(store.as_ref()).await {
+                    Ok((list, catch_up_to)) => {
+                        self.reset(list.kvs, list.revision, catch_up_to);
                         backoff = Duration::from_millis(100);
                     }
                     Err(e) => {
@@ -490,7 +504,20 @@ impl WatchCache {
             let from = self.revision();
             match store.watch(ROOT_PREFIX, from).await {
                 Ok(mut stream) => {
-                    while let Some(item) = stream.next().await {
+                    loop {
+                        let item = if self.is_ready() {
+                            stream.next().await
+                        } else {
+                            match tokio::time::timeout(CATCH_UP_IDLE, stream.next()).await {
+                                Ok(item) => item,
+                                Err(_) => {
+                                    // The revisions left are writes outside /registry/.
+                                    self.finish_catch_up();
+                                    continue;
+                                }
+                            }
+                        };
+                        let Some(item) = item else { break };
                         match item {
                             Ok(ev) => {
                                 self.apply(ev);
@@ -500,7 +527,7 @@ impl WatchCache {
                                 tracing::warn!(
                                     "watch cache: history compacted under us; relisting"
                                 );
-                                self.state.write().ready = false;
+                                self.must_relist();
                                 break;
                             }
                             Err(e) => {
@@ -512,7 +539,7 @@ impl WatchCache {
                 }
                 Err(StoreError::Compacted { .. }) => {
                     tracing::warn!("watch cache: cannot resume, history compacted; relisting");
-                    self.state.write().ready = false;
+                    self.must_relist();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "watch cache: cannot watch storage; retrying");
@@ -523,7 +550,47 @@ impl WatchCache {
         }
     }
 
-    fn reset(&self, kvs: Vec<rkube_store::KeyValue>, revision: Revision) {
+    /// Lists at an older revision when storage still has it, so that replaying the changes
+    /// since fills the history: a client that watched the previous API server process can
+    /// then resume from its last resourceVersion instead of getting 410 and relisting.
+    /// Returns the list and the revision to catch up to before serving.
+    async fn initial_list(
+        &self,
+        store: &dyn Store,
+    ) -> Result<(rkube_store::ListResult, Revision), StoreError> {
+        let current = store.current_revision().await?;
+        let span = Revision::try_from(self.history_capacity).unwrap_or(Revision::MAX);
+        let from = current.saturating_sub(span).max(1);
+        // Only at start: a relist after compaction must not move the revision backwards.
+        if from < current && self.revision() == 0 {
+            match store.list(ROOT_PREFIX, Some(from)).await {
+                Ok(list) => return Ok((list, current)),
+                Err(StoreError::Compacted { .. } | StoreError::FutureRevision { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let list = store.list(ROOT_PREFIX, None).await?;
+        let revision = list.revision;
+        Ok((list, revision))
+    }
+
+    fn must_relist(&self) {
+        let mut st = self.state.write();
+        st.ready = false;
+        st.relist = true;
+    }
+
+    fn finish_catch_up(&self) {
+        let mut st = self.state.write();
+        if !st.ready && !st.relist {
+            st.ready = true;
+            let revision = st.revision;
+            drop(st);
+            self.revision_tx.send_replace(revision);
+        }
+    }
+
+    fn reset(&self, kvs: Vec<rkube_store::KeyValue>, revision: Revision, catch_up_to: Revision) {
         let mut objects: HashMap<&'static str, BTreeMap<String, Arc<CachedObject>>> =
             HashMap::new();
         for kv in kvs {
@@ -547,7 +614,9 @@ impl WatchCache {
         st.history.clear();
         st.history_floor = revision;
         st.revision = revision;
-        st.ready = true;
+        st.relist = false;
+        st.catch_up_to = catch_up_to;
+        st.ready = revision >= catch_up_to;
         // Existing watchers may have missed changes; they must start over.
         let _ = self.tx.send(Broadcast::Reset);
         drop(st);
@@ -575,6 +644,9 @@ impl WatchCache {
             return;
         }
         st.revision = revision;
+        if !st.ready && !st.relist && revision >= st.catch_up_to {
+            st.ready = true;
+        }
         if let Some(resource) = resource {
             let map = st.objects.entry(resource.plural).or_default();
             let event = match (ev.kind, decoded) {
@@ -704,6 +776,41 @@ mod tests {
     }
 
     const CM: &str = r#"{"kind":"ConfigMap","metadata":{"name":"x","namespace":"ns"}}"#;
+
+    #[tokio::test]
+    async fn a_new_cache_serves_watches_resuming_from_before_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(rkube_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let mut kv = store.create(CM_KEY, Bytes::from(CM)).await.unwrap();
+        for _ in 0..4 {
+            kv = store
+                .update(CM_KEY, Bytes::from(CM), kv.mod_revision)
+                .await
+                .unwrap();
+        }
+        assert_eq!(kv.mod_revision, 6);
+        // Like an API server restarted after a client last saw revision 3.
+        let (_stop, stopped) = watch::channel(false);
+        let cache = WatchCache::start(store, 100, stopped);
+        assert_eq!(
+            cache.wait_for(None, Duration::from_secs(20)).await.unwrap(),
+            6,
+            "ready only once caught up with storage"
+        );
+        let (items, _, _) = cache.watch(&configmaps(), Some(3)).unwrap();
+        let revisions: Vec<Revision> = items
+            .iter()
+            .map(|item| match item {
+                WatchItem::Event(e) => e.revision,
+                WatchItem::Existing(_) => panic!("a resumed watch sends no synthetic ADDED"),
+            })
+            .collect();
+        assert_eq!(revisions, [4, 5, 6]);
+        assert_eq!(
+            cache.get(configmaps().resource, CM_KEY).unwrap().revision,
+            6
+        );
+    }
 
     #[tokio::test]
     async fn bookmarks_never_pass_an_event_still_queued_for_the_watcher() {

@@ -16,6 +16,7 @@ use rkube_apiserver::{Config, StorageConfig};
 use tokio::sync::oneshot;
 
 pub mod cluster;
+pub mod crash;
 
 pub use rkube_testkit::etcd::EtcdProcess;
 pub use rkube_testkit::free_port;

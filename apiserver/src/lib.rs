@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod error;
 pub mod event_ttl;
 pub mod handlers;
+pub mod limits;
 pub mod objects;
 pub mod path;
 pub mod proxy;
@@ -75,6 +76,8 @@ pub struct Config {
     pub event_ttl: Duration,
     /// How often expired Events are looked for (more often when the TTL is short).
     pub event_sweep_interval: Duration,
+    /// Requests in flight, request and watch timeouts (upstream's defaults).
+    pub limits: limits::Limits,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             event_ttl: event_ttl::DEFAULT_EVENT_TTL,
             event_sweep_interval: event_ttl::DEFAULT_SWEEP_INTERVAL,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct ApiState {
     pub cache: Arc<WatchCache>,
     pub shutdown: watch::Receiver<bool>,
     pub services: ServiceAllocator,
+    pub limiter: limits::Limiter,
 }
 
 pub async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn Store>, ServerError> {
@@ -142,6 +147,7 @@ pub fn state(
         cache,
         shutdown,
         services: ServiceAllocator::new(range),
+        limiter: limits::Limiter::new(&config.limits),
     }))
 }
 
@@ -281,6 +287,8 @@ pub fn app(state: Arc<ApiState>) -> Router {
         )
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(state.limiter.layer())
         .with_state(state);
     error::catch_panics(router)
 }
@@ -316,7 +324,10 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn openapi_document(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+/// Takes the raw URI rather than a `Path` extractor, whose rejection of an undecodable path
+/// (`%FF`) is plain text instead of a Status.
+async fn openapi_document(uri: axum::http::Uri) -> Response {
+    let path = uri.path().strip_prefix("/openapi/v3/").unwrap_or("");
     let segments: Vec<&str> = path.split('/').collect();
     let doc = match segments.as_slice() {
         ["api", v] => discovery::openapi_document("", v),
@@ -385,6 +396,14 @@ async fn resource_request(State(state): State<Arc<ApiState>>, request: HttpReque
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// A fixed path asked with a method it does not serve: a Status, as everywhere else.
+async fn method_not_allowed() -> Response {
+    ErrorResponse(ApiError::method_not_allowed(
+        "the server does not allow this method on the requested resource",
+    ))
+    .into_response()
 }
 
 fn discovery_or_404(doc: Option<serde_json::Value>) -> Response {

@@ -48,6 +48,20 @@ struct Flags {
     /// Seconds between storage compactions.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// Non-mutating requests in flight at once; past it requests get 429 (0: no limit).
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Mutating requests in flight at once; past it requests get 429 (0: no limit).
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
+    /// How long a request may take before it gets 504 (a Go duration such as 1m0s);
+    /// watches and logs/exec/attach/portforward excepted.
+    #[arg(long, default_value = "1m0s", value_parser = rkube_apiserver::limits::parse_duration_flag)]
+    request_timeout: Duration,
+    /// A watch without timeoutSeconds ends after a random time between this many seconds
+    /// and twice as many.
+    #[arg(long, default_value_t = 1800)]
+    min_request_timeout: u64,
     /// How long Events are kept after their last occurrence (a Go duration such as 1h,
     /// 30m or 90s; 0 keeps them forever).
     #[arg(long, default_value = "1h", value_parser = rkube_apiserver::event_ttl::parse_duration)]
@@ -79,6 +93,12 @@ async fn main() -> anyhow::Result<()> {
     config.service_cluster_ip_range = flags.service_cluster_ip_range;
     config.watch_history = flags.watch_history;
     config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
+    config.limits = rkube_apiserver::limits::Limits {
+        max_requests_inflight: flags.max_requests_inflight,
+        max_mutating_requests_inflight: flags.max_mutating_requests_inflight,
+        request_timeout: flags.request_timeout,
+        min_request_timeout: Duration::from_secs(flags.min_request_timeout),
+    };
     config.event_ttl = flags.event_ttl;
     let addr = SocketAddr::new(flags.bind_address, flags.port);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -4,7 +4,8 @@
 //! - [`run`]: wiring. Starts the watches, the scheduling loop and the health endpoint; the
 //!   binary and the tests call it.
 //! - `scheduler`: the running scheduler: watch handlers feeding the cache and the queue, the
-//!   scheduling loop, binding with bounded concurrency, unschedulable status and Events.
+//!   scheduling loop, binding with bounded concurrency, unschedulable status, and Events
+//!   through `rkube_runtime::EventRecorder` (repeats correlated into one Event's count).
 //! - `framework`: one decision (filter, score, pick; or upstream's "0/N nodes are
 //!   available" explanation). `plugins`: the [`plugins::FilterPlugin`] and
 //!   [`plugins::ScorePlugin`] implementations and the default lists.
@@ -14,7 +15,7 @@
 //!
 //! Invariant: the scheduler talks only to the API server (kube-rs over HTTP), and a
 //! decision never waits for the network: binds, status writes and Events run beside the
-//! scheduling loop, bounded in number.
+//! scheduling loop, bounded in number (Events are queued, and dropped when the queue is full).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cache;
@@ -50,7 +51,8 @@ pub struct Config {
     pub scheduler_name: String,
     /// Bindings in flight at once.
     pub bind_concurrency: usize,
-    /// Status updates and Events in flight at once.
+    /// Unschedulable-status writes in flight at once (Events are written by the recorder's
+    /// own background task, one at a time, as upstream's broadcaster does).
     pub write_concurrency: usize,
     /// Percentage of nodes to look at per pod in large clusters; `None` is upstream's adaptive rule.
     pub percentage_of_nodes_to_score: Option<u32>,

@@ -18,7 +18,7 @@ struct Args {
     /// Bindings in flight at once.
     #[arg(long, default_value_t = 64)]
     bind_concurrency: usize,
-    /// Status updates and Events in flight at once.
+    /// Unschedulable-status writes in flight at once.
     #[arg(long, default_value_t = 16)]
     write_concurrency: usize,
     /// Percentage of nodes to consider per pod in large clusters (default: upstream's adaptive rule).

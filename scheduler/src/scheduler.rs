@@ -1,9 +1,11 @@
 //! The running scheduler: watches feed the cache and the queue; one loop makes decisions
-//! (they must be serial, each seeing the previous one's assumed pod); binds, status writes
-//! and Events happen beside it with bounded concurrency.
+//! (they must be serial, each seeing the previous one's assumed pod); binds and status
+//! writes happen beside it with bounded concurrency. Events go through
+//! [`rkube_runtime::EventRecorder`], which only queues: repeated FailedScheduling of one pod
+//! becomes one Event with a growing count, and the loop never waits for an Event write.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -11,13 +13,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use parking_lot::Mutex;
+use rkube_runtime::{object_reference, EventRecorder, EventType};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
@@ -25,10 +28,6 @@ use crate::framework::Framework;
 use crate::model::PodInfo;
 use crate::queue::SchedulingQueue;
 use crate::Config;
-
-/// Events waiting to be written; beyond this they are dropped, as upstream's broadcaster
-/// does under load: Events are for people, and must not slow scheduling down.
-const EVENT_BACKLOG: usize = 10_000;
 
 pub struct Scheduler {
     client: Client,
@@ -38,13 +37,10 @@ pub struct Scheduler {
     framework: Framework,
     bind_slots: Arc<Semaphore>,
     write_slots: Arc<Semaphore>,
-    events: mpsc::Sender<Event>,
-    events_rx: Mutex<Option<mpsc::Receiver<Event>>>,
-    write_concurrency: usize,
+    events: EventRecorder,
     nodes_synced: AtomicBool,
     pods_synced: AtomicBool,
     synced: Notify,
-    event_seq: AtomicU64,
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -57,7 +53,10 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 
 impl Scheduler {
     pub fn new(client: Client, config: &Config) -> Arc<Scheduler> {
-        let (events, events_rx) = mpsc::channel(EVENT_BACKLOG);
+        // As upstream: the source component is the scheduler's name, the reporting
+        // instance "<scheduler name>-<hostname>".
+        let instance = format!("{}-{}", config.scheduler_name, hostname());
+        let events = EventRecorder::new(client.clone(), &config.scheduler_name, &instance);
         Arc::new(Scheduler {
             client,
             name: config.scheduler_name.clone(),
@@ -71,26 +70,19 @@ impl Scheduler {
             bind_slots: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
             write_slots: Arc::new(Semaphore::new(config.write_concurrency.max(1))),
             events,
-            events_rx: Mutex::new(Some(events_rx)),
-            write_concurrency: config.write_concurrency.max(1),
             nodes_synced: AtomicBool::new(false),
             pods_synced: AtomicBool::new(false),
             synced: Notify::new(),
-            event_seq: AtomicU64::new(0),
         })
     }
 
-    /// Starts the watches, the scheduling loop and the Event writer; they end when `stop` turns true.
+    /// Starts the watches and the scheduling loop; they end when `stop` turns true.
     pub fn start(self: Arc<Self>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let mut tasks = vec![
+        vec![
             tokio::spawn(self.clone().watch_nodes(stop.clone())),
             tokio::spawn(self.clone().watch_pods(stop.clone())),
-            tokio::spawn(self.clone().schedule_loop(stop.clone())),
-        ];
-        if let Some(rx) = self.events_rx.lock().take() {
-            tasks.push(tokio::spawn(self.clone().write_events(rx, stop)));
-        }
-        tasks
+            tokio::spawn(self.clone().schedule_loop(stop)),
+        ]
     }
 
     pub fn is_synced(&self) -> bool {
@@ -332,9 +324,8 @@ impl Scheduler {
                 self.queue.bound(&info.key);
                 self.record_event(
                     &info,
-                    "Normal",
+                    EventType::Normal,
                     "Scheduled",
-                    "Binding",
                     format!("Successfully assigned {} to {node}", info.key),
                 );
             }
@@ -353,9 +344,8 @@ impl Scheduler {
                     self.queue.failed(&info.key);
                     self.record_event(
                         &info,
-                        "Warning",
+                        EventType::Warning,
                         "FailedScheduling",
-                        "Scheduling",
                         format!("Binding rejected: {e}"),
                     );
                 }
@@ -364,13 +354,12 @@ impl Scheduler {
     }
 
     /// PodScheduled=False/Unschedulable with the message (only when it changed, as upstream)
-    /// and a FailedScheduling Event (every attempt).
+    /// and a FailedScheduling Event (every attempt; the recorder counts repeats on one Event).
     fn report_unschedulable(self: &Arc<Self>, info: &Arc<PodInfo>, message: String) {
         self.record_event(
             info,
-            "Warning",
+            EventType::Warning,
             "FailedScheduling",
-            "Scheduling",
             message.clone(),
         );
         if info.scheduled_condition_message.as_deref() == Some(message.as_str()) {
@@ -408,79 +397,22 @@ impl Scheduler {
         });
     }
 
-    fn record_event(
-        &self,
-        info: &PodInfo,
-        kind: &str,
-        reason: &str,
-        action: &str,
-        message: String,
-    ) {
-        let now = now_rfc3339();
-        let now_micro = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let seq = self.event_seq.fetch_add(1, Ordering::Relaxed);
-        // Upstream names Events "<object>.<unix nanos in hex>"; the sequence keeps names unique within a nanosecond.
-        let name = format!("{}.{:x}", info.name, nanos.wrapping_add(seq as i64));
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": info.namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": info.name,
-                "namespace": info.namespace,
-                "uid": info.uid,
-                "resourceVersion": info.pod.metadata.resource_version,
-            },
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "action": action,
-            "source": {"component": self.name},
-            "reportingComponent": self.name,
-            "reportingInstance": self.name,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "eventTime": now_micro,
-            "count": 1,
-        });
-        match serde_json::from_value::<Event>(event) {
-            Ok(event) => {
-                if self.events.try_send(event).is_err() {
-                    tracing::debug!(pod = %info.key, reason, "event backlog full; dropping event");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "building event"),
-        }
+    /// Queues the Event and returns at once: this runs inside the scheduling loop.
+    fn record_event(&self, info: &PodInfo, kind: EventType, reason: &str, message: String) {
+        self.events
+            .record(object_reference(info.pod.as_ref()), kind, reason, message);
     }
+}
 
-    async fn write_events(
-        self: Arc<Self>,
-        rx: mpsc::Receiver<Event>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let this = &self;
-        let writes = tokio_stream::wrappers::ReceiverStream::new(rx).for_each_concurrent(
-            self.write_concurrency,
-            |event| async move {
-                let namespace = event
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into());
-                let api: Api<Event> = Api::namespaced(this.client.clone(), &namespace);
-                if let Err(e) = api.create(&PostParams::default(), &event).await {
-                    tracing::debug!(error = %e, "writing event failed");
-                }
-            },
-        );
-        tokio::select! {
-            _ = writes => {}
-            _ = stopped(&mut stop) => {}
-        }
-    }
+/// The host name for the Events' reporting instance; only a label, so any failure falls
+/// back to "localhost".
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 fn now_rfc3339() -> String {

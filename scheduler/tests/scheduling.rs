@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{pod, pod_with, ApiServer, Env, Scheduler};
+use rkube_scheduler::queue::Backoff;
 use rkube_simnode::NodeTemplate;
 use serde_json::json;
 
@@ -94,6 +95,85 @@ async fn unschedulable_pod_explains_why_and_is_placed_once_a_node_is_added() {
         .await
         .unwrap();
     assert_eq!(env.wait_bound("big").await, added[0]);
+    env.stop().await;
+}
+
+/// An unschedulable pod is retried again and again (here every few milliseconds); upstream's
+/// recorder counts the repeats on one FailedScheduling Event instead of adding an object per
+/// attempt, which would only be removed by the API server's --event-ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_retried_many_times_keeps_one_failed_scheduling_event_whose_count_grows() {
+    let env = Env::start_with(2, NodeTemplate::default(), |config| {
+        // Retried without any cluster change, as fast as the queue allows.
+        config.backoff = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+            max_unschedulable: Duration::from_millis(5),
+        };
+    })
+    .await;
+    env.create_pod(pod_with(
+        "nowhere",
+        "100m",
+        json!({"nodeSelector": {"accelerator": "tpu"}}),
+    ))
+    .await;
+    let message = "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.";
+    env.wait_unschedulable("nowhere", message).await;
+
+    // Attempts that saw the cluster before both nodes were known explain it differently, so
+    // a few Events may exist; one per attempt may not.
+    let bound = 3;
+    let counted = 20;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let event = loop {
+        let events = env.events_for("nowhere", "FailedScheduling").await;
+        let counts: Vec<(Option<String>, Option<i32>)> = events
+            .iter()
+            .map(|e| (e.message.clone(), e.count))
+            .collect();
+        assert!(
+            events.len() <= bound,
+            "{} FailedScheduling Events for one pod (message, count): {counts:?}",
+            events.len()
+        );
+        if let Some(e) = events.into_iter().find(|e| e.count.unwrap_or(0) >= counted) {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no FailedScheduling Event reached count {counted}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event.message.as_deref(), Some(message));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("default-scheduler")
+    );
+    let (first, last) = (
+        event.first_timestamp.clone().map(|t| t.0),
+        event.last_timestamp.clone().map(|t| t.0),
+    );
+    assert!(
+        first.is_some() && first <= last,
+        "a counted Event keeps its first timestamp: {event:?}"
+    );
+
+    // Many more attempts later, still no new objects.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = env.events_for("nowhere", "FailedScheduling").await;
+    assert!(
+        events.len() <= bound,
+        "{} FailedScheduling Events",
+        events.len()
+    );
+    let with_message: Vec<&_> = events
+        .iter()
+        .filter(|e| e.message.as_deref() == Some(message))
+        .collect();
+    assert_eq!(with_message.len(), 1, "{events:?}");
     env.stop().await;
 }
 

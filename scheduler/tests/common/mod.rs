@@ -98,8 +98,17 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub async fn start(url: String) -> Scheduler {
+        Scheduler::start_with(url, |_| {}).await
+    }
+
+    /// Starts the scheduler with the test defaults changed by `configure`.
+    pub async fn start_with(
+        url: String,
+        configure: impl FnOnce(&mut rkube_scheduler::Config),
+    ) -> Scheduler {
         let mut config = rkube_scheduler::Config::new(rkube_scheduler::ApiServer::Url(url));
         config.bind_concurrency = 16;
+        configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let health = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -138,6 +147,15 @@ pub struct Env {
 
 impl Env {
     pub async fn start(node_count: usize, template: NodeTemplate) -> Env {
+        Env::start_with(node_count, template, |_| {}).await
+    }
+
+    /// Like [`Env::start`], with the scheduler's configuration changed by `configure`.
+    pub async fn start_with(
+        node_count: usize,
+        template: NodeTemplate,
+        configure: impl FnOnce(&mut rkube_scheduler::Config),
+    ) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let api = ApiServer::start(dir.path(), None).await;
         let client = api.client();
@@ -148,7 +166,7 @@ impl Env {
         let nodes = SimCluster::start_with(client.clone(), config, node_count, template)
             .await
             .unwrap();
-        let scheduler = Scheduler::start(api.url()).await;
+        let scheduler = Scheduler::start_with(api.url(), configure).await;
         Env {
             dir,
             api,
@@ -239,6 +257,19 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Every Event about the pod with this reason.
+    pub async fn events_for(&self, pod: &str, reason: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .collect()
     }
 
     pub async fn stop(self) {

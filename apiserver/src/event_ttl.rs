@@ -29,54 +29,6 @@ pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
 /// How often expired Events are looked for, unless the TTL is shorter (see [`sweep_every`]).
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Parses a duration as Go's `time.ParseDuration` does for the forms flags use: a sequence
-/// of decimal numbers with units `h`, `m`, `s`, `ms`, `us` (or `µs`), `ns`, such as
-/// `1h`, `30m`, `90s`, `1h30m` or `1.5h`; `0` alone needs no unit. Negative durations are
-/// refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected e.g. 1h, 30m, 90s or 1h30m");
-    let s = text.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() || s.starts_with('-') {
-        return Err(invalid());
-    }
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let mut rest = s;
-    let mut total_nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        if number.is_empty() || number == "." {
-            return Err(invalid());
-        }
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let nanos_per_unit = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(invalid()),
-        };
-        total_nanos += value * nanos_per_unit;
-        rest = after;
-    }
-    // Go's limit: about 290 years.
-    if !total_nanos.is_finite() || total_nanos > i64::MAX as f64 {
-        return Err(format!("invalid duration {text:?}: out of range"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
-}
-
 /// How often the sweeper runs: the configured interval, but at least four times per TTL
 /// so that a short TTL is honoured closely.
 pub fn sweep_every(ttl: Duration, interval: Duration) -> Duration {
@@ -238,35 +190,6 @@ pub async fn sweep_periodically(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_as_go_writes_them() {
-        let cases = [
-            ("1h", 3600.0),
-            ("30m", 1800.0),
-            ("90s", 90.0),
-            ("1h30m", 5400.0),
-            ("1.5h", 5400.0),
-            ("2m3.5s", 123.5),
-            ("500ms", 0.5),
-            ("0", 0.0),
-            ("+5s", 5.0),
-        ];
-        for (text, seconds) in cases {
-            assert_eq!(
-                parse_duration(text).unwrap().as_secs_f64(),
-                seconds,
-                "{text}"
-            );
-        }
-        for bad in [
-            "", "1", "h", "-1h", "1d", "1hh", "abc", "1.2.3s", ".s", "1e3s",
-        ] {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("invalid duration"), "{bad}: {err}");
-        }
-        assert!(parse_duration("99999999999h").is_err());
-    }
 
     #[test]
     fn an_event_lives_from_its_latest_timestamp() {

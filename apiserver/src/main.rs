@@ -48,6 +48,10 @@ struct Flags {
     /// Seconds between storage compactions.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// How long Events are kept after their last occurrence (a Go duration such as 1h,
+    /// 30m or 90s; 0 keeps them forever).
+    #[arg(long, default_value = "1h", value_parser = rkube_apiserver::limits::parse_duration_flag)]
+    event_ttl: Duration,
     /// Non-mutating requests in flight at once; past it requests get 429 (0: no limit).
     #[arg(long, default_value_t = 400)]
     max_requests_inflight: usize,
@@ -62,10 +66,6 @@ struct Flags {
     /// and twice as many.
     #[arg(long, default_value_t = 1800)]
     min_request_timeout: u64,
-    /// How long Events are kept after their last occurrence (a Go duration such as 1h,
-    /// 30m or 90s; 0 keeps them forever).
-    #[arg(long, default_value = "1h", value_parser = rkube_apiserver::event_ttl::parse_duration)]
-    event_ttl: Duration,
 }
 
 #[tokio::main]
@@ -93,13 +93,13 @@ async fn main() -> anyhow::Result<()> {
     config.service_cluster_ip_range = flags.service_cluster_ip_range;
     config.watch_history = flags.watch_history;
     config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
+    config.event_ttl = flags.event_ttl;
     config.limits = rkube_apiserver::limits::Limits {
         max_requests_inflight: flags.max_requests_inflight,
         max_mutating_requests_inflight: flags.max_mutating_requests_inflight,
         request_timeout: flags.request_timeout,
         min_request_timeout: Duration::from_secs(flags.min_request_timeout),
     };
-    config.event_ttl = flags.event_ttl;
     let addr = SocketAddr::new(flags.bind_address, flags.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -2,17 +2,14 @@
 //! root): pods run with real processes, answer on their pod IPs, show ConfigMap volumes
 //! and Secret env, crash-loop with clear statuses, and are stopped and removed on delete.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use common::{spawn_kubelet, RealNode, RealNodeParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::Client;
-use rkube_cri::cni::{CniConfig, CniNetwork};
-use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
 use rkube_cri::{ContainerRuntime, PodNetwork};
-use rkube_testkit::containerd::ContainerdProcess;
-use rkubelet::{KubeletConfig, NodeRuntime};
 use serde_json::{json, Value};
 
 const NODE: &str = "e2e-node";
@@ -52,65 +49,21 @@ fn ready(status: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deletion() {
-    assert!(
-        rkube_testkit::containerd::available(),
-        "these tests need root and containerd + runc + containernetworking-plugins"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-        data_dir: dir.path().join("store"),
-    });
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(rkube_apiserver::run(config, listener, async move {
-        let _ = server_stopped.await;
-    }));
-    let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    while namespaces.get("default").await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let containerd = ContainerdProcess::start().await.unwrap();
-    let mut cd_config =
-        ContainerdConfig::new(containerd.socket_path(), containerd.dir().join("rkube"));
-    cd_config.runc_root = containerd.runc_root();
-    let runtime = Arc::new(ContainerdRuntime::connect(&cd_config).await.unwrap());
-    let images = Arc::new(ContainerdImageService::connect(&cd_config).await.unwrap());
-    let image_dir = dir.path().join("images");
-    std::fs::create_dir_all(&image_dir).unwrap();
-    rkube_testkit::images::busybox_oci_tarball(&image_dir, IMAGE).unwrap();
-    let pid = std::process::id();
-    let cidr = format!("10.{}.{}.0/24", 200 + pid % 50, (pid / 50) % 250);
-    let mut cni = CniConfig::new(cidr.clone(), dir.path().join("cni"));
-    cni.bridge_name = format!("rke{:06x}", pid & 0xff_ffff);
-    cni.network_name = format!("rke-{pid:08x}");
-    cni.forward_chain = format!("RKE-{pid:08x}");
-    cni.netns_dir = dir.path().join("netns");
-    let network = Arc::new(CniNetwork::new(cni.clone()).unwrap());
-    let node_runtime = NodeRuntime {
-        runtime: runtime.clone(),
-        images,
-        network: network.clone(),
-        version: "containerd://1.6".into(),
-    };
-    let mut config = KubeletConfig::new(
-        client.clone(),
-        NODE,
-        dir.path().join("kubelet"),
-        node_runtime,
-    );
-    config.pod_cidr = Some(cidr);
-    config.image_dir = Some(image_dir);
+    let node = RealNode::start(RealNodeParams {
+        node: NODE,
+        image: IMAGE,
+        name_prefix: "rke",
+        cidr_octet_base: 200,
+    })
+    .await;
+    let client = node.client.clone();
+    let runtime = node.runtime.clone();
+    let network = node.network.clone();
+    let mut config = node.kubelet_config();
     config.backoff_initial = Duration::from_secs(1);
     config.backoff_max = Duration::from_secs(4);
-    let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let kubelet_port = kubelet_listener.local_addr().unwrap().port();
-    let (stop_kubelet, kubelet_stopped) = tokio::sync::oneshot::channel::<()>();
-    let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
-        let _ = kubelet_stopped.await;
-    }));
+    let kubelet = spawn_kubelet(config).await;
+    let kubelet_port = kubelet.port;
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     config_maps
@@ -245,32 +198,6 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
     assert!(left.is_empty(), "containers left: {left:?}");
     assert_eq!(network.status(&web_uid).await.unwrap(), None);
 
-    // Cleanup: the kubelet leaves containers on shutdown, so remove what is left here.
-    let _ = stop_kubelet.send(());
-    kubelet.await.unwrap().unwrap();
-    let mut uids = std::collections::HashSet::new();
-    for c in runtime.list().await.unwrap() {
-        let _ = runtime.signal(&c.id, 9).await;
-        let _ = runtime.remove(&c.id).await;
-        uids.extend(c.labels.get(rkube_cri::labels::POD_UID).cloned());
-    }
-    for uid in uids {
-        let _ = network.teardown(&uid).await;
-    }
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &cni.bridge_name])
-        .output();
-    let iptables = |args: &[&str]| {
-        std::process::Command::new("iptables")
-            .args(["-w", "-t", "filter"])
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    while iptables(&["-D", "FORWARD", "-j", &cni.forward_chain]) {}
-    iptables(&["-F", &cni.forward_chain]);
-    iptables(&["-X", &cni.forward_chain]);
-    drop(containerd);
-    let _ = stop_server.send(());
+    kubelet.stop().await;
+    node.clean_up().await;
 }

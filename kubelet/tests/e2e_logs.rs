@@ -3,20 +3,17 @@
 //! while it runs, a follower sees every line exactly once across the rotations, and after
 //! a restart `previous` serves the rotated instance, ending with its last line.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use common::{spawn_kubelet, RealNode, RealNodeParams};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube::Client;
-use rkube_cri::cni::{CniConfig, CniNetwork};
-use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
-use rkube_cri::{ContainerRuntime, PodNetwork};
-use rkube_testkit::containerd::ContainerdProcess;
+use rkube_cri::ContainerRuntime;
 use rkubelet::logrotate::RotationPolicy;
-use rkubelet::{KubeletConfig, NodeRuntime};
 use serde_json::{json, Value};
 
 const NODE: &str = "logs-node";
@@ -86,67 +83,23 @@ fn log_dir(kubelet_root: &Path, uid: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logs_rotate_under_a_fast_writer_and_follow_and_previous_still_work() {
-    assert!(
-        rkube_testkit::containerd::available(),
-        "these tests need root and containerd + runc + containernetworking-plugins"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-        data_dir: dir.path().join("store"),
-    });
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(rkube_apiserver::run(config, listener, async move {
-        let _ = server_stopped.await;
-    }));
-    let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    while namespaces.get("default").await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let containerd = ContainerdProcess::start().await.unwrap();
-    let mut cd_config =
-        ContainerdConfig::new(containerd.socket_path(), containerd.dir().join("rkube"));
-    cd_config.runc_root = containerd.runc_root();
-    let runtime = Arc::new(ContainerdRuntime::connect(&cd_config).await.unwrap());
-    let images = Arc::new(ContainerdImageService::connect(&cd_config).await.unwrap());
-    let image_dir = dir.path().join("images");
-    std::fs::create_dir_all(&image_dir).unwrap();
-    rkube_testkit::images::busybox_oci_tarball(&image_dir, IMAGE).unwrap();
-    let pid = std::process::id();
-    let cidr = format!("10.{}.{}.0/24", 150 + pid % 50, (pid / 50) % 250);
-    let mut cni = CniConfig::new(cidr.clone(), dir.path().join("cni"));
-    cni.bridge_name = format!("rkl{:06x}", pid & 0xff_ffff);
-    cni.network_name = format!("rkl-{pid:08x}");
-    cni.forward_chain = format!("RKL-{pid:08x}");
-    cni.netns_dir = dir.path().join("netns");
-    let network = Arc::new(CniNetwork::new(cni.clone()).unwrap());
-    let kubelet_root = dir.path().join("kubelet");
-    let mut config = KubeletConfig::new(
-        client.clone(),
-        NODE,
-        kubelet_root.clone(),
-        NodeRuntime {
-            runtime: runtime.clone(),
-            images,
-            network: network.clone(),
-            version: "containerd://1.6".into(),
-        },
-    );
-    config.pod_cidr = Some(cidr);
-    config.image_dir = Some(image_dir);
+    let node = RealNode::start(RealNodeParams {
+        node: NODE,
+        image: IMAGE,
+        name_prefix: "rkl",
+        cidr_octet_base: 150,
+    })
+    .await;
+    let client = node.client.clone();
+    let runtime = node.runtime.clone();
+    let kubelet_root = node.kubelet_root();
+    let mut config = node.kubelet_config();
     config.backoff_initial = Duration::from_secs(1);
     config.backoff_max = Duration::from_secs(2);
     config.container_log_rotation = RotationPolicy::new(MAX_SIZE, MAX_FILES).unwrap();
     config.container_log_monitor_interval = Duration::from_millis(50);
-    let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let kubelet_port = kubelet_listener.local_addr().unwrap().port();
-    let (stop_kubelet, kubelet_stopped) = tokio::sync::oneshot::channel::<()>();
-    let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
-        let _ = kubelet_stopped.await;
-    }));
+    let kubelet = spawn_kubelet(config).await;
+    let kubelet_port = kubelet.port;
 
     // Waits for a go file, writes fast (about 10 bytes a line), then fails, so it restarts.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -294,28 +247,6 @@ async fn logs_rotate_under_a_fast_writer_and_follow_and_previous_still_work() {
         }
     }
 
-    // Cleanup: the kubelet leaves containers on shutdown, so remove what is left here.
-    let _ = stop_kubelet.send(());
-    kubelet.await.unwrap().unwrap();
-    for c in runtime.list().await.unwrap() {
-        let _ = runtime.signal(&c.id, 9).await;
-        let _ = runtime.remove(&c.id).await;
-    }
-    let _ = network.teardown(&uid).await;
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &cni.bridge_name])
-        .output();
-    let iptables = |args: &[&str]| {
-        std::process::Command::new("iptables")
-            .args(["-w", "-t", "filter"])
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    while iptables(&["-D", "FORWARD", "-j", &cni.forward_chain]) {}
-    iptables(&["-F", &cni.forward_chain]);
-    iptables(&["-X", &cni.forward_chain]);
-    drop(containerd);
-    let _ = stop_server.send(());
+    kubelet.stop().await;
+    node.clean_up().await;
 }

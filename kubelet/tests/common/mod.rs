@@ -1,0 +1,205 @@
+//! A node on the real thing for the end-to-end tests (as root): an in-process API server
+//! over the embedded store, a private containerd with the busybox test image, and CNI
+//! networking whose bridge, network, iptables chain and pod CIDR are this test's own, so
+//! that the test files can run at the same time.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::Client;
+use rkube_cri::cni::{CniConfig, CniNetwork};
+use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
+use rkube_cri::{ContainerRuntime, PodNetwork};
+use rkube_testkit::containerd::ContainerdProcess;
+use rkubelet::{KubeletConfig, KubeletError, NodeRuntime};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// What sets one test's node apart from another's.
+pub struct RealNodeParams {
+    /// The node's name, which its kubelet registers and pods are bound to.
+    pub node: &'static str,
+    /// The busybox image reference the tarball is tagged with.
+    pub image: &'static str,
+    /// Three lowercase letters that name this test's bridge (`<prefix>NNNNNN`), CNI
+    /// network (`<prefix>-NNNNNNNN`) and iptables chain (upper case), unique per test file.
+    pub name_prefix: &'static str,
+    /// The pod CIDR is `10.<base + pid % 50>.<pid / 50 % 250>.0/24`.
+    pub cidr_octet_base: u32,
+}
+
+pub struct RealNode {
+    pub dir: tempfile::TempDir,
+    pub client: Client,
+    pub runtime: Arc<ContainerdRuntime>,
+    pub network: Arc<CniNetwork>,
+    pub cni: CniConfig,
+    pub node_runtime: NodeRuntime,
+    pub image_dir: PathBuf,
+    node: &'static str,
+    _containerd: ContainerdProcess,
+    stop_server: Option<oneshot::Sender<()>>,
+}
+
+/// A kubelet serving on a loopback port until `stop` fires.
+pub struct RunningKubelet {
+    pub port: u16,
+    pub stop: oneshot::Sender<()>,
+    pub task: JoinHandle<Result<(), KubeletError>>,
+}
+
+impl RunningKubelet {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl RealNode {
+    pub async fn start(params: RealNodeParams) -> RealNode {
+        assert!(
+            rkube_testkit::containerd::available(),
+            "these tests need root and containerd + runc + containernetworking-plugins"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
+            data_dir: dir.path().join("store"),
+        });
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
+        tokio::spawn(rkube_apiserver::run(config, listener, async move {
+            let _ = server_stopped.await;
+        }));
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        while namespaces.get("default").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let containerd = ContainerdProcess::start().await.unwrap();
+        let mut cd_config =
+            ContainerdConfig::new(containerd.socket_path(), containerd.dir().join("rkube"));
+        cd_config.runc_root = containerd.runc_root();
+        let runtime = Arc::new(ContainerdRuntime::connect(&cd_config).await.unwrap());
+        let images = Arc::new(ContainerdImageService::connect(&cd_config).await.unwrap());
+        let image_dir = dir.path().join("images");
+        std::fs::create_dir_all(&image_dir).unwrap();
+        rkube_testkit::images::busybox_oci_tarball(&image_dir, params.image).unwrap();
+
+        let pid = std::process::id();
+        let cidr = format!(
+            "10.{}.{}.0/24",
+            params.cidr_octet_base + pid % 50,
+            (pid / 50) % 250
+        );
+        let prefix = params.name_prefix;
+        let mut cni = CniConfig::new(cidr, dir.path().join("cni"));
+        cni.bridge_name = format!("{prefix}{:06x}", pid & 0xff_ffff);
+        cni.network_name = format!("{prefix}-{pid:08x}");
+        cni.forward_chain = format!("{}-{pid:08x}", prefix.to_uppercase());
+        cni.netns_dir = dir.path().join("netns");
+        let network = Arc::new(CniNetwork::new(cni.clone()).unwrap());
+        let node_runtime = NodeRuntime {
+            runtime: runtime.clone(),
+            images,
+            network: network.clone(),
+            version: "containerd://1.6".into(),
+        };
+        RealNode {
+            dir,
+            client,
+            runtime,
+            network,
+            cni,
+            node_runtime,
+            image_dir,
+            node: params.node,
+            _containerd: containerd,
+            stop_server: Some(stop_server),
+        }
+    }
+
+    /// The kubelet's root directory.
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+
+    /// A kubelet configuration for this node: its pod CIDR and the image tarball
+    /// directory set, everything else at the defaults for the test to adjust.
+    pub fn kubelet_config(&self) -> KubeletConfig {
+        let mut config = KubeletConfig::new(
+            self.client.clone(),
+            self.node,
+            self.kubelet_root(),
+            self.node_runtime.clone(),
+        );
+        config.pod_cidr = Some(self.cni.pod_cidr.clone());
+        config.image_dir = Some(self.image_dir.clone());
+        config
+    }
+
+    /// The kubelet leaves containers on shutdown: this removes what is left, then each
+    /// pod's network and cgroups, the bridge and the iptables chain, and stops the
+    /// containerd and the API server.
+    pub async fn clean_up(mut self) {
+        let mut uids = HashSet::new();
+        for c in self.runtime.list().await.unwrap() {
+            let _ = self.runtime.signal(&c.id, 9).await;
+            let _ = self.runtime.remove(&c.id).await;
+            uids.extend(c.labels.get(rkube_cri::labels::POD_UID).cloned());
+        }
+        for uid in &uids {
+            let _ = self.network.teardown(uid).await;
+            for dir in pod_cgroups(uid) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.cni.bridge_name])
+            .output();
+        let iptables = |args: &[&str]| {
+            std::process::Command::new("iptables")
+                .args(["-w", "-t", "filter"])
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        while iptables(&["-D", "FORWARD", "-j", &self.cni.forward_chain]) {}
+        iptables(&["-F", &self.cni.forward_chain]);
+        iptables(&["-X", &self.cni.forward_chain]);
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs a kubelet on a free loopback port until its `stop` fires.
+pub async fn spawn_kubelet(config: KubeletConfig) -> RunningKubelet {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(rkubelet::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    RunningKubelet { port, stop, task }
+}
+
+/// Every hierarchy's directory of the pod's cgroup (v2 at the root, v1 per controller).
+pub fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let relative = rkubelet::spec::pod_cgroup(uid);
+    let mut dirs = vec![root.join(&relative)];
+    for hierarchy in std::fs::read_dir(root).unwrap().flatten() {
+        dirs.push(hierarchy.path().join(&relative));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}

@@ -1,7 +1,8 @@
 //! Events expire after `event_ttl`: the sweeper deletes those whose latest timestamp is
 //! older, through the delete handler, so watchers see DELETED; other objects stay.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,12 +10,11 @@ use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rkube_apiserver::{
-    app, bootstrap, event_ttl, open_store, state, ApiState, Config, StorageConfig,
-};
+use rkube_apiserver::{event_ttl, Config, StorageConfig};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tower::ServiceExt;
+
+use common::Harness;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const WAIT: Duration = Duration::from_secs(30);
@@ -86,54 +86,9 @@ async fn next_deleted(watch: &mut mpsc::UnboundedReceiver<Value>) -> String {
     }
 }
 
-struct Harness {
-    state: Arc<ApiState>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
 impl Harness {
-    async fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::new(StorageConfig::Embedded {
-            data_dir: dir.path().to_path_buf(),
-        });
-        let store = open_store(&config.storage).await.unwrap();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let state = state(&config, store, stop_rx).unwrap();
-        bootstrap(&state).await;
-        state.cache.wait_for(None, WAIT).await.unwrap();
-        Harness {
-            state,
-            _dir: dir,
-            _stop: stop,
-        }
-    }
-
-    async fn send(&self, method: &str, uri: &str, body: Option<&Value>) -> (u16, Body) {
-        let request = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        let response = app(self.state.clone()).oneshot(request).await.unwrap();
-        (response.status().as_u16(), response.into_body())
-    }
-
-    async fn json(&self, method: &str, uri: &str, body: Option<&Value>) -> (u16, Value) {
-        let (status, body) = self.send(method, uri, body).await;
-        let bytes = body.collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
     async fn event_names(&self) -> Vec<String> {
-        let (status, list) = self
-            .json("GET", "/api/v1/namespaces/default/events", None)
-            .await;
+        let (status, list) = self.get("/api/v1/namespaces/default/events").await;
         assert_eq!(status, 200, "{list}");
         let mut names: Vec<String> = list["items"]
             .as_array()
@@ -175,33 +130,26 @@ async fn events_expire_a_ttl_after_their_latest_timestamp_and_watchers_see_it() 
         ),
     ];
     for e in &events {
-        let (status, body) = h
-            .json("POST", "/api/v1/namespaces/default/events", Some(e))
-            .await;
+        let (status, body) = h.json("POST", "/api/v1/namespaces/default/events", e).await;
         assert_eq!(status, 201, "{body}");
     }
     let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep"}});
     let (status, _) = h
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(&config_map),
-        )
+        .json("POST", "/api/v1/namespaces/default/configmaps", &config_map)
         .await;
     assert_eq!(status, 201);
-    let (_, list) = h
-        .json("GET", "/api/v1/namespaces/default/events", None)
-        .await;
+    let (_, list) = h.get("/api/v1/namespaces/default/events").await;
     let rv = list["metadata"]["resourceVersion"].as_str().unwrap();
-    let (status, body) = h
-        .send(
+    let response = h
+        .request(
             "GET",
             &format!("/api/v1/namespaces/default/events?watch=true&resourceVersion={rv}"),
-            None,
+            "application/json",
+            Body::empty(),
         )
         .await;
-    assert_eq!(status, 200);
-    let mut watch = forward_lines(body);
+    assert_eq!(response.status(), 200);
+    let mut watch = forward_lines(response.into_body());
 
     // Nothing is an hour old yet.
     assert_eq!(event_ttl::sweep_once(&h.state, HOUR, at(0)).await, 0);
@@ -227,9 +175,7 @@ async fn events_expire_a_ttl_after_their_latest_timestamp_and_watchers_see_it() 
     deleted.sort();
     assert_eq!(deleted, ["repeated", "series"]);
     assert!(h.event_names().await.is_empty());
-    let (status, _) = h
-        .json("GET", "/api/v1/namespaces/default/configmaps/keep", None)
-        .await;
+    let (status, _) = h.get("/api/v1/namespaces/default/configmaps/keep").await;
     assert_eq!(status, 200);
 }
 

@@ -2,80 +2,15 @@
 //! must work, and what an attacker sends must get a clear 4xx Status, store nothing, and
 //! leave the server serving.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
-use rkube_apiserver::{app, bootstrap, open_store, state, ApiState, Config, StorageConfig};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-struct Harness {
-    state: Arc<ApiState>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
+use common::Harness;
 
 impl Harness {
-    async fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::new(StorageConfig::Embedded {
-            data_dir: dir.path().to_path_buf(),
-        });
-        let store = open_store(&config.storage).await.unwrap();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let state = state(&config, store, stop_rx).unwrap();
-        bootstrap(&state).await;
-        state
-            .cache
-            .wait_for(None, Duration::from_secs(5))
-            .await
-            .unwrap();
-        Harness {
-            state,
-            _dir: dir,
-            _stop: stop,
-        }
-    }
-
-    fn router(&self) -> Router {
-        app(self.state.clone())
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: impl Into<Body>,
-    ) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", content_type)
-            .body(body.into())
-            .unwrap();
-        let resp = self.router().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
-    }
-
-    async fn json(&self, method: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(method, uri, "application/json", body.to_string())
-            .await
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.send("GET", uri, "application/json", Body::empty())
-            .await
-    }
-
     async fn names(&self, collection: &str) -> Vec<String> {
         let (status, list) = self.get(collection).await;
         assert_eq!(status, StatusCode::OK, "{list}");

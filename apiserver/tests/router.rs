@@ -2,88 +2,29 @@
 //! `oneshot` requests (no socket). Covers the write/read semantics clients rely on and,
 //! with proptest, that no request body or URL makes the server panic or store anything.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
-use rkube_apiserver::{app, bootstrap, open_store, state, ApiState, Config, StorageConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-struct Harness {
-    state: Arc<ApiState>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
+use common::Harness;
+
+/// More history than any router test writes, so none of their watches runs out of it
+/// (the default is 10 000).
+const LONG_HISTORY: usize = 100_000;
 
 impl Harness {
-    async fn new() -> Harness {
-        Harness::with_config(|_| {}).await
+    async fn with_long_history() -> Harness {
+        Harness::with_config(|c| c.watch_history = LONG_HISTORY).await
     }
 
     async fn with_history(history: usize) -> Harness {
         Harness::with_config(|c| c.watch_history = history).await
-    }
-
-    async fn with_config(configure: impl FnOnce(&mut Config)) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(StorageConfig::Embedded {
-            data_dir: dir.path().to_path_buf(),
-        });
-        config.watch_history = 100_000;
-        configure(&mut config);
-        let store = open_store(&config.storage).await.unwrap();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let state = state(&config, store, stop_rx).unwrap();
-        bootstrap(&state).await;
-        state
-            .cache
-            .wait_for(None, Duration::from_secs(5))
-            .await
-            .unwrap();
-        Harness {
-            state,
-            _dir: dir,
-            _stop: stop,
-        }
-    }
-
-    fn router(&self) -> Router {
-        app(self.state.clone())
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: impl Into<Body>,
-    ) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", content_type)
-            .body(body.into())
-            .unwrap();
-        let resp = self.router().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
-    }
-
-    async fn json(&self, method: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(method, uri, "application/json", body.to_string())
-            .await
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.send("GET", uri, "application/json", Body::empty())
-            .await
     }
 
     async fn pod_names(&self, namespace: &str) -> Vec<String> {
@@ -114,7 +55,7 @@ fn deployment(name: &str, replicas: i64) -> Value {
 
 #[tokio::test]
 async fn create_get_update_with_resource_versions() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let (status, created) = h
         .json("POST", "/api/v1/namespaces/default/pods", &pod("web"))
         .await;
@@ -170,7 +111,7 @@ async fn create_get_update_with_resource_versions() {
 
 #[tokio::test]
 async fn generation_status_and_scale() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let (status, d) = h
         .json(
             "POST",
@@ -229,7 +170,7 @@ async fn generation_status_and_scale() {
 
 #[tokio::test]
 async fn strategic_merge_patch_changes_one_container() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let mut d = deployment("web", 1);
     d["spec"]["template"]["spec"]["containers"] =
         json!([{"name": "a", "image": "one:1"}, {"name": "b", "image": "two:1"}]);
@@ -253,7 +194,7 @@ async fn strategic_merge_patch_changes_one_container() {
 
 #[tokio::test]
 async fn server_side_apply_upserts() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let body = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a: \"1\"\n";
     let uri = "/api/v1/namespaces/default/configmaps/cfg?fieldManager=kubectl&force=false";
     let (status, created) = h
@@ -274,7 +215,7 @@ async fn server_side_apply_upserts() {
 
 #[tokio::test]
 async fn selectors_and_pagination() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     for i in 0..7 {
         let mut p = pod(&format!("p{i}"));
         p["metadata"]["labels"]["parity"] = json!(if i % 2 == 0 { "even" } else { "odd" });
@@ -336,7 +277,7 @@ async fn selectors_and_pagination() {
 
 #[tokio::test]
 async fn graceful_pod_deletion_and_finalizers() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     // A pod on a node is only marked; its kubelet finishes the deletion with grace 0.
     let mut p = pod("bound");
     p["spec"]["nodeName"] = json!("node-1");
@@ -398,7 +339,7 @@ async fn graceful_pod_deletion_and_finalizers() {
 
 #[tokio::test]
 async fn namespace_must_exist_and_names_are_validated() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let (status, err) = h
         .json("POST", "/api/v1/namespaces/nope/pods", &pod("p"))
         .await;
@@ -419,7 +360,7 @@ async fn namespace_must_exist_and_names_are_validated() {
 
 #[tokio::test]
 async fn a_terminating_namespace_takes_no_new_objects() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "doomed"}});
     assert_eq!(
         h.json("POST", "/api/v1/namespaces", &ns).await.0,
@@ -471,7 +412,7 @@ async fn a_terminating_namespace_takes_no_new_objects() {
 
 #[tokio::test]
 async fn generate_name_and_binding() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
     let (status, created) = h.json("POST", "/api/v1/namespaces/default/pods", &p).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -502,7 +443,7 @@ async fn generate_name_and_binding() {
 
 #[tokio::test]
 async fn services_get_cluster_ips() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
                      "spec": {"type": "NodePort", "selector": {"app": "x"}, "ports": [{"port": 80}]}});
     let (status, created) = h
@@ -524,7 +465,7 @@ async fn services_get_cluster_ips() {
 
 #[tokio::test]
 async fn discovery_and_errors_for_unknown_paths() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let (status, v) = h.get("/version").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["minor"], "32");
@@ -558,7 +499,7 @@ async fn discovery_and_errors_for_unknown_paths() {
 
 #[tokio::test]
 async fn oversized_and_malformed_bodies_are_refused_and_nothing_is_stored() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let mut big = pod("big");
     big["metadata"]["annotations"] = json!({"x": "a".repeat(3 * 1024 * 1024 + 10)});
     let (status, err) = h
@@ -629,7 +570,7 @@ async fn watch_from_a_compacted_history_gets_410_as_an_event() {
 
 #[tokio::test]
 async fn watch_replays_history_then_times_out() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let (_, first) = h
         .json("POST", "/api/v1/namespaces/default/pods", &pod("a"))
         .await;
@@ -718,7 +659,11 @@ fn held_request(
 
 #[tokio::test]
 async fn writes_past_the_in_flight_cap_get_429_and_the_server_recovers() {
-    let h = Harness::with_config(|c| c.limits.max_mutating_requests_inflight = 1).await;
+    let h = Harness::with_config(|c| {
+        c.watch_history = LONG_HISTORY;
+        c.limits.max_mutating_requests_inflight = 1;
+    })
+    .await;
     let (req, started, body) = held_request("POST", "/api/v1/namespaces/default/pods");
     let held = tokio::spawn(h.router().oneshot(req));
     started.await.unwrap();
@@ -804,7 +749,7 @@ async fn a_watch_without_timeout_seconds_ends_after_the_minimum_request_timeout(
 
 #[tokio::test]
 async fn a_revision_past_the_store_in_a_continue_token_or_exact_list_gets_504() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     let token: String = "987654321//registry/pods/default/a"
         .bytes()
         .map(|b| format!("{b:02x}"))
@@ -829,7 +774,7 @@ async fn a_revision_past_the_store_in_a_continue_token_or_exact_list_gets_504() 
 
 #[tokio::test]
 async fn fixed_paths_answer_any_method_and_any_path_with_a_status() {
-    let h = Harness::new().await;
+    let h = Harness::with_long_history().await;
     for (method, uri, code) in [
         ("POST", "/version", StatusCode::METHOD_NOT_ALLOWED),
         (
@@ -1992,7 +1937,7 @@ mod fuzz {
     }
 
     async fn fresh_server() -> Harness {
-        let h = Harness::new().await;
+        let h = Harness::with_long_history().await;
         for (collection, obj) in seeds() {
             let (status, body) = h.json("POST", &collection, &obj).await;
             assert_eq!(status, StatusCode::CREATED, "seeding {collection}: {body}");

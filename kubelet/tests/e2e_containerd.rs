@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{spawn_kubelet, RealNode, RealNodeParams};
+use common::{spawn_kubelet, wait_for_status, RealNode, RealNodeParams};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use rkube_cri::{ContainerRuntime, PodNetwork};
@@ -14,31 +14,6 @@ use serde_json::{json, Value};
 
 const NODE: &str = "e2e-node";
 const IMAGE: &str = "busybox:rkube-e2e";
-
-async fn wait_for(
-    pods: &Api<Pod>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = pods
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|p| serde_json::to_value(p.status).unwrap())
-            .unwrap_or(Value::Null);
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod {name} never got {what}: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn ready(status: &Value) -> bool {
     status["conditions"].as_array().is_some_and(|c| {
@@ -123,7 +98,7 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
     }))
     .await;
 
-    let status = wait_for(&pods, "web", "Running and Ready", |s| {
+    let status = wait_for_status(&pods, "web", "Running and Ready", |s| {
         s["phase"] == "Running" && ready(s)
     })
     .await;
@@ -155,7 +130,7 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let status = wait_for(&pods, "crasher", "CrashLoopBackOff", |s| {
+    let status = wait_for_status(&pods, "crasher", "CrashLoopBackOff", |s| {
         s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     })
     .await;
@@ -164,7 +139,7 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
         3
     );
 
-    let status = wait_for(&pods, "bad-command", "a clear failure", |s| {
+    let status = wait_for_status(&pods, "bad-command", "a clear failure", |s| {
         let c = &s["containerStatuses"][0]["state"];
         c["waiting"]["reason"] == "RunContainerError"
             || c["waiting"]["reason"] == "CreateContainerError"

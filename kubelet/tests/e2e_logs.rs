@@ -9,38 +9,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{spawn_kubelet, RealNode, RealNodeParams};
+use common::{spawn_kubelet, wait_for_status, RealNode, RealNodeParams};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use rkube_cri::ContainerRuntime;
 use rkubelet::logrotate::RotationPolicy;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const NODE: &str = "logs-node";
 const IMAGE: &str = "busybox:rkube-e2e-logs";
 const LINES: usize = 200_000;
 const MAX_SIZE: u64 = 64 * 1024;
 const MAX_FILES: usize = 4;
-
-async fn wait_for(pods: &Api<Pod>, name: &str, what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = pods
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|p| serde_json::to_value(p.status).unwrap())
-            .unwrap_or(Value::Null);
-        if check(&status) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod {name} never got {what}: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The open-file flags (octal, from /proc/<pid>/fdinfo) of every descriptor of any
 /// process that has `path` open.
@@ -127,7 +107,7 @@ async fn logs_rotate_under_a_fast_writer_and_follow_and_previous_still_work() {
         .metadata
         .uid
         .unwrap();
-    wait_for(&pods, "chatty", "Running", |s| {
+    wait_for_status(&pods, "chatty", "Running", |s| {
         s["containerStatuses"][0]["state"]["running"].is_object()
     })
     .await;
@@ -192,7 +172,7 @@ async fn logs_rotate_under_a_fast_writer_and_follow_and_previous_still_work() {
     );
 
     // After the restart, `previous` is instance 0: its newest lines, contiguous, complete.
-    wait_for(&pods, "chatty", "a restart", |s| {
+    wait_for_status(&pods, "chatty", "a restart", |s| {
         s["containerStatuses"][0]["restartCount"]
             .as_i64()
             .is_some_and(|n| n >= 1)

@@ -3,16 +3,18 @@
 //! `tailLines` cover the rotated files oldest first, `previous` reads a rotated instance,
 //! and out-of-range parameters are 400s.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use common::one_container_info;
 use rkube_cri::{
-    ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ExecConfig, ExecIo, LogPaths,
-    RuntimeError, RuntimeEvent,
+    ContainerConfig, ContainerInfo, ContainerRuntime, ExecConfig, ExecIo, LogPaths, RuntimeError,
+    RuntimeEvent,
 };
 use rkubelet::logrotate::{rotate, CollapseRange, RotationPolicy};
 use rkubelet::server::{router, KubeletApi, LookupError};
@@ -44,27 +46,7 @@ impl ContainerRuntime for OneContainer {
         if id != CONTAINER_ID {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
-        let state = if self.stopped.load(Ordering::SeqCst) {
-            ContainerState::Exited {
-                started_at: None,
-                finished_at: Utc::now(),
-                exit_code: 0,
-                oom_killed: false,
-            }
-        } else {
-            ContainerState::Running {
-                started_at: Utc::now(),
-            }
-        };
-        Ok(ContainerInfo {
-            id: id.to_string(),
-            image: "busybox".into(),
-            image_id: "sha256:0".into(),
-            labels: Default::default(),
-            state,
-            created_at: Utc::now(),
-            pid: Some(1),
-        })
+        Ok(one_container_info(id, self.stopped.load(Ordering::SeqCst)))
     }
     async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
         Ok(vec![self.status(CONTAINER_ID).await?])

@@ -1,6 +1,8 @@
 //! The kubelet HTTP server over a real socket: logs, exec and attach against a scripted
 //! runtime and a fake kubelet.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use common::one_container_info;
 use futures::{SinkExt, StreamExt};
 use rkube_cri::{
-    ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ExecConfig, ExecIo, LogPaths,
-    RuntimeError, RuntimeEvent,
+    ContainerConfig, ContainerInfo, ContainerRuntime, ExecConfig, ExecIo, LogPaths, RuntimeError,
+    RuntimeEvent,
 };
 use rkubelet::server::{router, KubeletApi, LookupError};
 use tokio::sync::broadcast;
@@ -67,27 +70,7 @@ impl ContainerRuntime for ScriptedRuntime {
             .get(id)
             .copied()
             .unwrap_or(false);
-        let state = if stopped {
-            ContainerState::Exited {
-                started_at: None,
-                finished_at: Utc::now(),
-                exit_code: 0,
-                oom_killed: false,
-            }
-        } else {
-            ContainerState::Running {
-                started_at: Utc::now(),
-            }
-        };
-        Ok(ContainerInfo {
-            id: id.to_string(),
-            image: "busybox".into(),
-            image_id: "sha256:0".into(),
-            labels: Default::default(),
-            state,
-            created_at: Utc::now(),
-            pid: Some(1),
-        })
+        Ok(one_container_info(id, stopped))
     }
     async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
         Ok(vec![self.status(CONTAINER_ID).await?])

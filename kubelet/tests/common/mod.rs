@@ -11,14 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::Client;
 use rkube_cri::cni::{CniConfig, CniNetwork};
 use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
-use rkube_cri::{ContainerRuntime, PodNetwork};
+use rkube_cri::{ContainerInfo, ContainerRuntime, ContainerState, PodNetwork};
 use rkube_testkit::containerd::ContainerdProcess;
 use rkubelet::{KubeletConfig, KubeletError, NodeRuntime};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -202,4 +204,56 @@ pub fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
         dirs.push(hierarchy.path().join(&relative));
     }
     dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+/// Polls the pod's status until `check` holds, for up to 90 s; returns that status.
+pub async fn wait_for_status(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = pods
+            .get_opt(name)
+            .await
+            .unwrap()
+            .map(|p| serde_json::to_value(p.status).unwrap())
+            .unwrap_or(Value::Null);
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod {name} never got {what}: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a fake runtime reports for its one busybox container: running, or exited with 0
+/// once `stopped`.
+pub fn one_container_info(id: &str, stopped: bool) -> ContainerInfo {
+    let state = if stopped {
+        ContainerState::Exited {
+            started_at: None,
+            finished_at: Utc::now(),
+            exit_code: 0,
+            oom_killed: false,
+        }
+    } else {
+        ContainerState::Running {
+            started_at: Utc::now(),
+        }
+    };
+    ContainerInfo {
+        id: id.to_string(),
+        image: "busybox".into(),
+        image_id: "sha256:0".into(),
+        labels: Default::default(),
+        state,
+        created_at: Utc::now(),
+        pid: Some(1),
+    }
 }

@@ -2,11 +2,14 @@
 //! in-process API server: every restart records BackOff, Pulled, Created and Started, yet
 //! the pod's Event objects stay a handful whose counts grow, instead of one per occurrence.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use common::ApiServer;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 use rkube_cri::fake::{FakeImageService, FakeRuntime};
@@ -45,20 +48,8 @@ async fn restart_count(pods: &Api<Pod>) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-        data_dir: dir.path().join("store"),
-    });
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(rkube_apiserver::run(config, listener, async move {
-        let _ = server_stopped.await;
-    }));
-    let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    while namespaces.get("kube-node-lease").await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = ApiServer::start(dir.path().join("store")).await;
+    let client = server.client.clone();
 
     let runtime = FakeRuntime::new();
     let images = FakeImageService::new();
@@ -166,6 +157,5 @@ async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
 
     let _ = stop_kubelet.send(());
     kubelet.await.unwrap().unwrap();
-    let _ = stop_server.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

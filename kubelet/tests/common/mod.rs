@@ -47,7 +47,43 @@ pub struct RealNode {
     pub image_dir: PathBuf,
     node: &'static str,
     _containerd: ContainerdProcess,
-    stop_server: Option<oneshot::Sender<()>>,
+    api_server: ApiServer,
+}
+
+/// An API server on a free loopback port over an embedded store in `data_dir`.
+pub struct ApiServer {
+    pub client: Client,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), rkube_apiserver::ServerError>>,
+}
+
+impl ApiServer {
+    /// Returns once the namespaces the server creates at start (`default`, and
+    /// `kube-node-lease` for the kubelet's lease) exist.
+    pub async fn start(data_dir: PathBuf) -> ApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config =
+            rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded { data_dir });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(rkube_apiserver::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for namespace in ["default", "kube-node-lease"] {
+            while namespaces.get(namespace).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        ApiServer { client, stop, task }
+    }
+
+    /// Stops the server and checks that it shut down cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
 }
 
 /// A kubelet serving on a loopback port until `stop` fires.
@@ -71,20 +107,8 @@ impl RealNode {
             "these tests need root and containerd + runc + containernetworking-plugins"
         );
         let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-            data_dir: dir.path().join("store"),
-        });
-        let (stop_server, server_stopped) = oneshot::channel::<()>();
-        tokio::spawn(rkube_apiserver::run(config, listener, async move {
-            let _ = server_stopped.await;
-        }));
-        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        while namespaces.get("default").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let api_server = ApiServer::start(dir.path().join("store")).await;
+        let client = api_server.client.clone();
 
         let containerd = ContainerdProcess::start().await.unwrap();
         let mut cd_config =
@@ -125,7 +149,7 @@ impl RealNode {
             image_dir,
             node: params.node,
             _containerd: containerd,
-            stop_server: Some(stop_server),
+            api_server,
         }
     }
 
@@ -151,7 +175,7 @@ impl RealNode {
     /// The kubelet leaves containers on shutdown: this removes what is left, then each
     /// pod's network and cgroups, the bridge and the iptables chain, and stops the
     /// containerd and the API server.
-    pub async fn clean_up(mut self) {
+    pub async fn clean_up(self) {
         let mut uids = HashSet::new();
         for c in self.runtime.list().await.unwrap() {
             let _ = self.runtime.signal(&c.id, 9).await;
@@ -178,9 +202,7 @@ impl RealNode {
         while iptables(&["-D", "FORWARD", "-j", &self.cni.forward_chain]) {}
         iptables(&["-F", &self.cni.forward_chain]);
         iptables(&["-X", &self.cni.forward_chain]);
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
+        self.api_server.stop().await;
     }
 }
 

@@ -719,13 +719,14 @@ async fn update(state: Arc<ApiState>, req: Request, scope: UpdateScope) -> ApiRe
     let expected = parse_resource_version(body["metadata"]["resourceVersion"].as_str())?;
     let updated = write_loop(&state, &req, expected, |old| {
         let mut new = body.clone();
+        // Typed first, also for finalize: the fields taken below must have their types.
+        objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         if scope == UpdateScope::Internal {
             // namespaces/<n>/finalize: only spec.finalizers may change.
             let mut next = old.clone();
             next["spec"]["finalizers"] = new["spec"]["finalizers"].take();
             return Ok(next);
         }
-        objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         objects::prepare_update(resource, old, &mut new, scope)?;
         crate::admission::on_update(resource, old, &mut new)?;
         Ok(new)

@@ -137,6 +137,41 @@ async fn namespaces_carry_their_name_label_whatever_the_client_sends() {
     );
 }
 
+#[tokio::test]
+async fn a_finalize_body_of_the_wrong_shape_gets_400_and_changes_nothing() {
+    // Found by the router fuzz test: finalize took spec.finalizers before type-checking
+    // the body, so a spec that was not an object panicked the handler.
+    let h = Harness::new().await;
+    let (status, created) = h
+        .json(
+            "POST",
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fin"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    for spec in [
+        json!([]),
+        json!("x"),
+        json!({"finalizers": 5}),
+        json!({"finalizers": [1]}),
+    ] {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": "fin"}, "spec": spec});
+        let (status, err) = h
+            .json("PUT", "/api/v1/namespaces/fin/finalize", &body)
+            .await;
+        assert_status(status, &err, 400, "BadRequest");
+    }
+    let (status, ns) = h.get("/api/v1/namespaces/fin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ns["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+    assert_eq!(ns["spec"], created["spec"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Panics reachable from requests
 
@@ -402,7 +437,8 @@ async fn json_patches_that_double_or_deepen_the_object_get_upstreams_errors() {
     let h = Harness::new().await;
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"},
                     "data": {"k": "0123456789abcdef0123456789abcdef"}, "x": [[1]]});
-    h.json("POST", CONFIGMAPS, &cm).await;
+    let (status, created) = h.json("POST", CONFIGMAPS, &cm).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
     let uri = format!("{CONFIGMAPS}/cm");
     let doubling: Vec<Value> = (0..35)
         .map(|_| json!({"op": "copy", "from": "/x", "path": "/x/-"}))
@@ -456,7 +492,7 @@ async fn json_patches_that_double_or_deepen_the_object_get_upstreams_errors() {
     assert_eq!(unchanged["x"], json!([[1]]));
     assert_eq!(
         unchanged["metadata"]["resourceVersion"],
-        unchanged["metadata"]["resourceVersion"]
+        created["metadata"]["resourceVersion"]
     );
 }
 

@@ -13,6 +13,8 @@ use crate::free_port;
 
 const ETCD_BINARY: &str = "/usr/bin/etcd";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Port pairs tried before giving up on a start that keeps finding its port taken.
+const PORT_ATTEMPTS: u32 = 5;
 
 /// A running (or stopped, between [`EtcdProcess::stop`] and [`EtcdProcess::restart`]) etcd.
 #[derive(Debug)]
@@ -37,8 +39,23 @@ impl EtcdProcess {
             client_port: free_port()?,
             peer_port: free_port()?,
         };
-        etcd.spawn().await?;
-        Ok(etcd)
+        // free_port releases the port before etcd binds it, so a test starting at the same
+        // moment can take it: pick new ports when that happened (seen in CI), not otherwise.
+        let mut attempts = 1;
+        loop {
+            match etcd.spawn().await {
+                Ok(()) => return Ok(etcd),
+                Err(error)
+                    if attempts < PORT_ATTEMPTS
+                        && format!("{error:#}").contains("address already in use") =>
+                {
+                    attempts += 1;
+                    etcd.client_port = free_port()?;
+                    etcd.peer_port = free_port()?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.

@@ -262,6 +262,17 @@ async fn node_affinity_required_and_preferred() {
             .unwrap();
         zone_nodes.insert(zone, names);
     }
+    // Scoring only weighs the nodes the scheduler has seen: a pod placed while its node
+    // watch was still delivering zone b could land elsewhere (seen in CI). Nodes arrive in
+    // order, so once a pod pinned to the last one is bound, all six are known.
+    let last = zone_nodes["c"][1].clone();
+    env.create_pod(pod_with(
+        "sentinel",
+        "10m",
+        json!({"nodeSelector": {"kubernetes.io/hostname": last}}),
+    ))
+    .await;
+    assert_eq!(env.wait_bound("sentinel").await, last);
     let required = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "NotIn", "values": ["a", "b"]}]}]}}});
     let preferred = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [

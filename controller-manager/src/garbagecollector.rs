@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{
-    DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+    DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -224,7 +224,8 @@ impl GarbageCollector {
         let finalizers = obj.finalizers().to_vec();
         if obj.metadata.deletion_timestamp.is_some() {
             if finalizers.iter().any(|f| f == ORPHAN) {
-                self.orphan_dependents(&uid).await?;
+                self.orphan_dependents(&uid, obj.namespace().as_deref())
+                    .await?;
                 self.remove_finalizer(&api, &obj, ORPHAN).await?;
                 return Ok(Action::Done);
             }
@@ -311,19 +312,40 @@ impl GarbageCollector {
         }
     }
 
-    async fn orphan_dependents(&self, owner_uid: &str) -> Result<(), ControllerError> {
-        let dependents = self.graph.lock().dependents_of(owner_uid);
-        for dep in dependents {
-            let (Some(obj), Some(api)) = (self.get(&dep), self.api(&dep)) else {
-                continue;
+    /// Strips the owner's reference from every dependent the API server lists, not only
+    /// those in the graph: a dependent created moments ago may not have reached this
+    /// controller's informer yet, and once the owner's finalizer is gone it would look
+    /// ownerless and be deleted instead of orphaned (seen in CI). Orphan deletions are rare,
+    /// so one list per deletable resource is affordable.
+    async fn orphan_dependents(
+        &self,
+        owner_uid: &str,
+        owner_namespace: Option<&str>,
+    ) -> Result<(), ControllerError> {
+        for deletable in &self.resources {
+            let resource = &deletable.resource;
+            let list_api: Api<DynamicObject> = match (deletable.namespaced, owner_namespace) {
+                (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, resource),
+                // A cluster-scoped object cannot name a namespaced owner.
+                (false, Some(_)) => continue,
+                (_, None) => Api::all_with(self.client.clone(), resource),
             };
-            let remaining: Vec<_> = obj
-                .owner_references()
-                .iter()
-                .filter(|r| r.uid != owner_uid)
-                .cloned()
-                .collect();
-            patch_refs(&api, &obj, remaining).await?;
+            for obj in list_api.list(&ListParams::default()).await?.items {
+                if !obj.owner_references().iter().any(|r| r.uid == owner_uid) {
+                    continue;
+                }
+                let api = match obj.namespace() {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), &ns, resource),
+                    None => Api::all_with(self.client.clone(), resource),
+                };
+                let remaining: Vec<_> = obj
+                    .owner_references()
+                    .iter()
+                    .filter(|r| r.uid != owner_uid)
+                    .cloned()
+                    .collect();
+                patch_refs(&api, &obj, remaining).await?;
+            }
         }
         Ok(())
     }

@@ -659,7 +659,7 @@ async fn write_loop(
             objects::check_storable(&new)?;
             return Ok(new);
         }
-        match commit(state, req, kv.mod_revision, new, None).await? {
+        match commit(state, req, kv.mod_revision, new, None, WriteKind::Update).await? {
             Committed::Stored(stored) => return Ok(stored),
             Committed::Conflict if expected.is_none() => continue,
             Committed::Conflict => break,
@@ -678,12 +678,21 @@ enum Committed {
 /// Writes `new` over the version at `base_revision` (compare-and-swap), or, when `new` may
 /// now leave storage (terminating, no finalizers, no grace period left), removes the
 /// object and returns `removed_as` (default: `new`) stamped with the deletion revision.
+/// What a [`commit`] stores, for the size limit it is held to.
+#[derive(Clone, Copy)]
+enum WriteKind {
+    Update,
+    /// A delete's marks (deletionTimestamp, finalizers) on an object that stays for now.
+    DeletionMark,
+}
+
 async fn commit(
     state: &ApiState,
     req: &Request,
     base_revision: i64,
     mut new: Value,
     removed_as: Option<Value>,
+    write: WriteKind,
 ) -> ApiResult<Committed> {
     let resource = req.target.resource;
     let key = req.key();
@@ -698,7 +707,10 @@ async fn commit(
             Err(e) => Err(store_error(resource, req.name(), e)),
         };
     }
-    let bytes = objects::encode_for_storage(&mut new)?;
+    let bytes = match write {
+        WriteKind::Update => objects::encode_for_storage(&mut new)?,
+        WriteKind::DeletionMark => objects::encode_marked_for_deletion(&mut new)?,
+    };
     match state
         .store
         .update(&key, Bytes::from(bytes), base_revision)
@@ -960,7 +972,16 @@ async fn delete_object(state: &ApiState, req: &Request, opts: &DeleteOptions) ->
             return Ok(old);
         }
         let removed_as = removable.then_some(old);
-        match commit(state, req, kv.mod_revision, marked, removed_as).await? {
+        match commit(
+            state,
+            req,
+            kv.mod_revision,
+            marked,
+            removed_as,
+            WriteKind::DeletionMark,
+        )
+        .await?
+        {
             Committed::Stored(stored) => return Ok(stored),
             Committed::Conflict => continue,
         }

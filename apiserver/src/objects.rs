@@ -43,14 +43,23 @@ pub fn check_depth(obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_size(len: usize) -> Result<(), ApiError> {
-    if len > MAX_STORED_BYTES {
+/// Room above [`MAX_STORED_BYTES`] for what a delete adds (deletionTimestamp, grace period,
+/// the orphan/foreground finalizer, a namespace's Terminating phase): an object stored at
+/// the limit must still be deletable, or it could never be removed.
+pub const DELETION_HEADROOM_BYTES: usize = 16 * 1024;
+
+fn check_size_within(len: usize, limit: usize) -> Result<(), ApiError> {
+    if len > limit {
         // What etcd answers, with upstream's 413 wording around it.
         return Err(ApiError::too_large(format!(
-            "Request entity too large: etcdserver: request is too large (the object is {len} bytes, limit is {MAX_STORED_BYTES})"
+            "Request entity too large: etcdserver: request is too large (the object is {len} bytes, limit is {limit})"
         )));
     }
     Ok(())
+}
+
+fn check_size(len: usize) -> Result<(), ApiError> {
+    check_size_within(len, MAX_STORED_BYTES)
 }
 
 /// What [`encode_for_storage`] checks, for writes that stop short of storage (dry runs).
@@ -63,13 +72,23 @@ pub fn check_storable(obj: &Value) -> Result<(), ApiError> {
 /// callers stamp the new one after the write). Every write passes here, so this is where
 /// the depth and size limits hold whatever produced the object.
 pub fn encode_for_storage(obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    encode_within(obj, MAX_STORED_BYTES)
+}
+
+/// [`encode_for_storage`] for an object a delete has marked: it may exceed the limit by
+/// [`DELETION_HEADROOM_BYTES`].
+pub fn encode_marked_for_deletion(obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    encode_within(obj, MAX_STORED_BYTES + DELETION_HEADROOM_BYTES)
+}
+
+fn encode_within(obj: &mut Value, limit: usize) -> Result<Vec<u8>, ApiError> {
     check_depth(obj)?;
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
     let bytes =
         serde_json::to_vec(obj).map_err(|e| ApiError::internal(format!("encoding object: {e}")))?;
-    check_size(bytes.len())?;
+    check_size_within(bytes.len(), limit)?;
     Ok(bytes)
 }
 
@@ -443,5 +462,37 @@ mod tests {
         let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
         let err = prepare_create(pods, Some("default"), &mut svc).unwrap_err();
         assert_eq!(err.code, 400);
+    }
+
+    #[test]
+    fn an_object_at_the_size_limit_can_still_be_marked_for_deletion() {
+        // Found by the router fuzz test: a namespace stored just under the limit could not
+        // be deleted, because deletionTimestamp and the Terminating phase pushed it over.
+        let mut at_limit = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "big", "finalizers": ["example.com/keep"]},
+            "data": {"k": ""}});
+        let overhead = serde_json::to_vec(&at_limit).unwrap().len();
+        at_limit["data"]["k"] = json!("x".repeat(MAX_STORED_BYTES - overhead));
+        assert_eq!(
+            serde_json::to_vec(&at_limit).unwrap().len(),
+            MAX_STORED_BYTES
+        );
+        assert!(encode_for_storage(&mut at_limit.clone()).is_ok());
+
+        let mut marked = at_limit;
+        marked["metadata"]["deletionTimestamp"] = json!("2026-12-03T07:00:00Z");
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        assert_eq!(
+            encode_for_storage(&mut marked.clone()).unwrap_err().code,
+            413
+        );
+        assert!(encode_marked_for_deletion(&mut marked.clone()).is_ok());
+
+        let mut grown = marked;
+        grown["data"]["more"] = json!("y".repeat(DELETION_HEADROOM_BYTES));
+        assert_eq!(
+            encode_marked_for_deletion(&mut grown).unwrap_err().code,
+            413
+        );
     }
 }

@@ -21,6 +21,8 @@ use crate::{ExecConfig, ExecIo, Result, RuntimeError};
 
 /// After the process exits, how long its output may still be draining from the shim.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+/// CloseIO retries before giving up (about 5 s with the backoff in [`close_stdin`]).
+const CLOSE_STDIN_ATTEMPTS: u32 = 14;
 
 pub(super) fn mkfifo(path: &Path) -> Result<()> {
     rustix::fs::mkfifoat(
@@ -201,14 +203,9 @@ async fn run_started(
             Some(tokio::spawn(async move {
                 copy_in(writer, receiver).await;
                 // The shim holds the FIFO open; CloseIO is what gives the process its EOF.
-                let _ = inner
-                    .tasks()
-                    .close_io(inner.connection.request(CloseIoRequest {
-                        container_id: id,
-                        exec_id,
-                        stdin: true,
-                    }))
-                    .await;
+                if let Err(error) = close_stdin(&inner, &id, &exec_id).await {
+                    tracing::warn!(%id, %exec_id, %error, "exec: stdin left open");
+                }
             }))
         }
         _ => None,
@@ -277,17 +274,43 @@ pub(super) async fn attach(
     if RuntimeInner::stdin_once(&container) {
         // The shim's own write end is what keeps the process from reading end-of-file;
         // ours is closed by now, so nothing written is lost.
-        inner
+        close_stdin(inner, id, "").await?;
+    }
+    Ok(())
+}
+
+/// CloseIO for a process's stdin (`exec_id` empty: the main process). Retried for a while:
+/// without it the process never reads end-of-file and a `kubectl exec -i` hangs, and an
+/// exec whose input ended at once can ask before the shim is ready for it (a `kubectl exec -i
+/// ... cat` hung in CI with its input delivered).
+async fn close_stdin(inner: &Arc<RuntimeInner>, id: &str, exec_id: &str) -> Result<()> {
+    let mut delay = Duration::from_millis(20);
+    let mut attempts = 0;
+    loop {
+        let result = inner
             .tasks()
             .close_io(inner.connection.request(CloseIoRequest {
                 container_id: id.to_string(),
-                exec_id: String::new(),
+                exec_id: exec_id.to_string(),
                 stdin: true,
             }))
-            .await
-            .map_err(|s| status_error(s, &format!("closing stdin of container {id}")))?;
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(status) if attempts < CLOSE_STDIN_ATTEMPTS => {
+                tracing::debug!(%id, %exec_id, %status, "CloseIO failed; retrying");
+                attempts += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(status) => {
+                return Err(status_error(
+                    status,
+                    &format!("closing stdin of container {id}"),
+                ))
+            }
+        }
     }
-    Ok(())
 }
 
 async fn copy_out(mut reader: pipe::Receiver, sink: Option<mpsc::Sender<Bytes>>) {

@@ -432,6 +432,16 @@ async fn nothing_deeper_than_can_be_read_back_is_stored_by_any_write() {
     h.assert_serving().await;
 }
 
+async fn json_patch(h: &Harness, uri: &str, operations: Vec<Value>) -> (StatusCode, Value) {
+    h.send(
+        "PATCH",
+        uri,
+        "application/json-patch+json",
+        Value::Array(operations).to_string(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn json_patches_that_double_or_deepen_the_object_get_upstreams_errors() {
     let h = Harness::new().await;
@@ -443,14 +453,7 @@ async fn json_patches_that_double_or_deepen_the_object_get_upstreams_errors() {
     let doubling: Vec<Value> = (0..35)
         .map(|_| json!({"op": "copy", "from": "/x", "path": "/x/-"}))
         .collect();
-    let (status, err) = h
-        .send(
-            "PATCH",
-            &uri,
-            "application/json-patch+json",
-            Value::Array(doubling).to_string(),
-        )
-        .await;
+    let (status, err) = json_patch(&h, &uri, doubling).await;
     assert_status(status, &err, 422, "Invalid");
     assert!(err["message"]
         .as_str()
@@ -460,27 +463,13 @@ async fn json_patches_that_double_or_deepen_the_object_get_upstreams_errors() {
     let deepening: Vec<Value> = (0..200)
         .map(|_| json!({"op": "copy", "from": "/x", "path": "/x/0"}))
         .collect();
-    let (status, err) = h
-        .send(
-            "PATCH",
-            &uri,
-            "application/json-patch+json",
-            Value::Array(deepening).to_string(),
-        )
-        .await;
+    let (status, err) = json_patch(&h, &uri, deepening).await;
     assert_status(status, &err, 422, "Invalid");
 
     let too_many: Vec<Value> = (0..10_001)
         .map(|_| json!({"op": "test", "path": "/data/k", "value": "0123456789abcdef0123456789abcdef"}))
         .collect();
-    let (status, err) = h
-        .send(
-            "PATCH",
-            &uri,
-            "application/json-patch+json",
-            Value::Array(too_many).to_string(),
-        )
-        .await;
+    let (status, err) = json_patch(&h, &uri, too_many).await;
     assert_status(status, &err, 413, "RequestEntityTooLarge");
     assert_eq!(
         err["message"],

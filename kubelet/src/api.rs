@@ -1,6 +1,8 @@
-//! What the kubelet's HTTP server (logs, exec, attach) needs from the kubelet: which
-//! container serves a request, where its logs are, and the runtime to exec through.
+//! What the kubelet's HTTP server (logs, exec, attach, port forwarding) needs from the
+//! kubelet: which container serves a request, where its logs are, the runtime to exec
+//! through, and the network namespace a pod's ports are in.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,4 +41,22 @@ pub trait KubeletApi: Send + Sync + 'static {
 
     /// The runtime that runs the container `container_id` (for exec and attach).
     fn runtime_for(&self, container_id: &str) -> Option<Arc<dyn ContainerRuntime>>;
+
+    /// Where connections to pod `namespace/pod`'s ports are opened (port forwarding).
+    /// Kubelets that cannot forward ports keep this default.
+    async fn pod_ports(&self, namespace: &str, pod: &str) -> Result<PodPorts, LookupError> {
+        let _ = (namespace, pod);
+        Err(LookupError::BadRequest(
+            "port forwarding is not supported by this kubelet".into(),
+        ))
+    }
+}
+
+/// A pod's network as port forwarding reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPorts {
+    /// The pod's uid (upstream names it in forwarding errors).
+    pub uid: String,
+    /// The pod's network namespace; None for a pod on the host's network.
+    pub netns: Option<PathBuf>,
 }

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use api::{KubeletApi, LookupError};
+pub use api::{KubeletApi, LookupError, PodPorts};
 pub use config::{KubeletConfig, NodeRuntime};
 use context::NodeContext;
 
@@ -216,6 +216,26 @@ impl KubeletApi for Nodes {
         // Every node of a process shares how containers are reached only when there is
         // one; with simulated nodes the first node's runtime is asked.
         self.0.first().map(|n| n.runtime.runtime.clone())
+    }
+
+    async fn pod_ports(&self, namespace: &str, pod: &str) -> Result<PodPorts, LookupError> {
+        let (node, p) = self.pod(namespace, pod)?;
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        if p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Ok(PodPorts { uid, netns: None });
+        }
+        match node.runtime.network.status(&uid).await {
+            Ok(Some(network)) => Ok(PodPorts {
+                uid,
+                netns: Some(network.netns_path),
+            }),
+            Ok(None) => Err(LookupError::BadRequest(format!(
+                "pod {pod:?} in namespace {namespace:?} has no network yet"
+            ))),
+            Err(e) => Err(LookupError::BadRequest(format!(
+                "the network of pod {pod:?} in namespace {namespace:?}: {e}"
+            ))),
+        }
     }
 }
 

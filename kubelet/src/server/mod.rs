@@ -1,4 +1,4 @@
-//! The kubelet's HTTP server: health, container logs, exec and attach.
+//! The kubelet's HTTP server: health, container logs, exec, attach and port forwarding.
 //!
 //! The API server proxies `pods/log`, `pods/exec` and `pods/attach` here at the connection
 //! level, so these endpoints speak to kubectl end to end:
@@ -10,12 +10,16 @@
 //! - `GET /exec/{namespace}/{pod}/{container}?command=..` and `GET /attach/...`: WebSocket
 //!   upgrade speaking the Kubernetes channel protocols (`v5.channel.k8s.io`,
 //!   `v4.channel.k8s.io`, `channel.k8s.io`). See [`stream`].
+//! - `GET|POST /portForward/{namespace}/{pod}`: SPDY/3.1 upgrade, or SPDY tunnelled in a
+//!   WebSocket (`SPDY/3.1+portforward.k8s.io`). See [`portforward`] and [`spdy`].
 //!
 //! What the server needs from the kubelet is the [`KubeletApi`] trait (defined with the
 //! kubelet core in `crate::api`, re-exported here). Lookup failures answer 404/400 with a
 //! `metav1.Status` body before any upgrade, so clients see upstream-shaped errors.
 
 mod logs;
+mod portforward;
+mod spdy;
 mod stream;
 
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-pub use crate::api::{KubeletApi, LookupError};
+pub use crate::api::{KubeletApi, LookupError, PodPorts};
 
 /// Why a request could not be served; answered as a `metav1.Status` with the matching code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +128,10 @@ pub fn router(api: Arc<dyn KubeletApi>) -> Router {
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/attach/{namespace}/{pod}", get(attach))
         .route("/attach/{namespace}/{pod}/{container}", get(attach))
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(port_forward).post(port_forward),
+        )
         .with_state(api)
 }
 
@@ -189,6 +197,14 @@ async fn attach(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     serve_stream(stream::Kind::Attach, api, path, query, upgrade).await
+}
+
+async fn port_forward(
+    State(api): State<Arc<dyn KubeletApi>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    portforward::serve(api, namespace, pod, request).await
 }
 
 /// Exec and attach differ only in `kind`; both take the same lookup and upgrade path.

@@ -1,4 +1,4 @@
-//! Per-kind admission the API server owns: ClusterIP and NodePort allocation for Services.
+//! ClusterIP and NodePort allocation for Services (the Service strategy calls it on create).
 //! Allocations are checked against every Service in the watch cache plus the ones this
 //! process handed out in the last minute (which the cache may not show yet).
 
@@ -71,65 +71,9 @@ fn services_resource() -> Option<&'static ResourceInfo> {
     registry::find("", "v1", "services")
 }
 
-pub fn on_create(
-    state: &ApiState,
-    resource: &ResourceInfo,
-    obj: &mut Value,
-) -> Result<(), ApiError> {
-    if resource.kind == "Service" {
-        allocate_service(state, resource, obj)?;
-    }
-    Ok(())
-}
-
-/// Keeps server-assigned Service fields when an update omits them (a PUT built from a
-/// manifest has no clusterIP), and refuses to change them.
-pub fn on_update(resource: &ResourceInfo, old: &Value, new: &mut Value) -> Result<(), ApiError> {
-    if resource.kind != "Service" {
-        return Ok(());
-    }
-    for field in ["clusterIP", "clusterIPs"] {
-        let old_v = &old["spec"][field];
-        let new_v = &new["spec"][field];
-        if new_v.is_null() || new_v == &json!("") {
-            if !old_v.is_null() {
-                new["spec"][field] = old_v.clone();
-            }
-        } else if !old_v.is_null() && new_v != old_v {
-            let name = old["metadata"]["name"].as_str().unwrap_or("");
-            return Err(ApiError::invalid(
-                resource,
-                name,
-                vec![StatusCause::invalid(
-                    format!("spec.{field}"),
-                    new_v,
-                    "field is immutable",
-                )],
-            ));
-        }
-    }
-    // Node ports the update leaves out stay as they were.
-    if let (Some(old_ports), Some(new_ports)) = (
-        old["spec"]["ports"].as_array(),
-        new["spec"]["ports"].as_array_mut(),
-    ) {
-        for p in new_ports.iter_mut() {
-            if p["nodePort"].is_null() {
-                if let Some(o) = old_ports
-                    .iter()
-                    .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
-                {
-                    if !o["nodePort"].is_null() {
-                        p["nodePort"] = o["nodePort"].clone();
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn allocate_service(
+/// Assigns a new Service its ClusterIP (unless headless or ExternalName) and, for the
+/// NodePort and LoadBalancer types, its node ports.
+pub fn allocate_service(
     state: &ApiState,
     resource: &ResourceInfo,
     obj: &mut Value,
@@ -283,17 +227,5 @@ mod tests {
         assert_eq!(r.offset_of("10.112.0.1"), None);
         assert!("10.96.0.0".parse::<Ipv4Range>().is_err());
         assert!("10.96.0.0/31".parse::<Ipv4Range>().is_err());
-    }
-
-    #[test]
-    fn updates_keep_the_allocated_cluster_ip() {
-        let svc = registry::find("", "v1", "services").unwrap();
-        let old = json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.5"], "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30001}]}});
-        let mut new = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
-        on_update(svc, &old, &mut new).unwrap();
-        assert_eq!(new["spec"]["clusterIP"], "10.96.0.5");
-        assert_eq!(new["spec"]["ports"][0]["nodePort"], 30001);
-        let mut changed = json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "10.96.0.6"}});
-        assert_eq!(on_update(svc, &old, &mut changed).unwrap_err().code, 422);
     }
 }

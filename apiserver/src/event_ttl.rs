@@ -22,6 +22,7 @@ use crate::cache::Filter;
 use crate::handlers::{self, Request};
 use crate::path::Target;
 use crate::query::Params;
+use crate::strategy;
 use crate::{stopped, ApiState};
 
 /// Upstream's `--event-ttl` default.
@@ -76,7 +77,10 @@ pub fn expired(event: &Value, ttl: Duration, now: DateTime<Utc>) -> bool {
 fn event_resources() -> Vec<&'static ResourceInfo> {
     let mut seen: Vec<String> = Vec::new();
     let mut resources = Vec::new();
-    for resource in REGISTRY.iter().filter(|r| r.kind == "Event") {
+    for resource in REGISTRY
+        .iter()
+        .filter(|r| strategy::for_resource(r).expires_after_event_ttl)
+    {
         let location = resource.key(Some("ns"), "name");
         if !seen.contains(&location) {
             seen.push(location);

@@ -4,11 +4,14 @@
 //! - [`run`] / [`app`]: wiring. `run(config, listener, shutdown)` is what the binary and
 //!   the tests call; [`app`] is the router, usable without a socket.
 //! - `path`: the Kubernetes URL space -> (resource, namespace, name, subresource).
-//! - `handlers`: verbs (get, list, watch, create, update, patch, delete, deletecollection)
-//!   and the scale/binding/eviction subresources.
+//! - `handlers`: the verbs (get, list, watch, create, update, patch, delete,
+//!   deletecollection) and the scale/binding/eviction/finalize subresources, one module each.
+//! - `strategy`: what differs between kinds, one `Strategy` per kind (server-owned fields,
+//!   generation, deletion, subresource rules, printer); `strategy::prepare_*` is what every
+//!   write shares (metadata, status/spec split, defaulting and validation).
 //! - `cache`: the watch cache feeding lists and watches from one storage watch.
-//! - `objects`: per-write bookkeeping (server-owned metadata, generation, defaults,
-//!   validation), `admission`: ClusterIP/NodePort allocation.
+//! - `objects`: stored-object bookkeeping (encoding, size and depth limits, metadata
+//!   accessors, body type/schema checks); `admission`: ClusterIP/NodePort allocation.
 //! - `discovery`: /version, /api, /apis, resource lists, OpenAPI v3.
 //! - `render`: lists, Tables and watch events from cached bytes.
 //!
@@ -27,6 +30,7 @@ pub mod path;
 pub mod proxy;
 pub mod query;
 pub mod render;
+pub mod strategy;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -215,7 +219,7 @@ pub async fn bootstrap(state: &ApiState) {
     };
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        if let Err(e) = objects::prepare_create(namespaces, None, &mut obj) {
+        if let Err(e) = strategy::prepare_create(namespaces, None, &mut obj) {
             tracing::error!(error = %e, "bootstrap namespace {name} invalid");
             continue;
         }

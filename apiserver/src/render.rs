@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::Utc;
 use rkube_api::registry::ResourceInfo;
-use rkube_api::table;
 use serde_json::{json, Value};
 
 use crate::cache::{CachedObject, EventType};
@@ -111,10 +110,11 @@ pub fn table(
     include_object: Option<&str>,
 ) -> Value {
     let now = Utc::now();
+    let printer = crate::strategy::for_resource(resource).printer;
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {
-            let mut row = json!({"cells": table::cells(resource.kind, obj, now)});
+            let mut row = json!({"cells": printer.cells(obj, now)});
             match include_object.unwrap_or("Metadata") {
                 "None" => {}
                 "Object" => row["object"] = obj.clone(),
@@ -134,7 +134,7 @@ pub fn table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
-        "columnDefinitions": table::columns(resource.kind),
+        "columnDefinitions": printer.columns(),
         "rows": rows,
     })
 }

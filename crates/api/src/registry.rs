@@ -1,6 +1,7 @@
 //! The built-in resources rkube serves. Routing, discovery, OpenAPI and storage keys are all
-//! derived from [`REGISTRY`], so adding a resource is one entry here (plus, optionally,
-//! defaulting, validation and a Table printer keyed by its kind).
+//! derived from [`REGISTRY`], so adding a resource is one entry here, plus its strategy in
+//! the API server (`rkube_apiserver::strategy`, checked by a test), which names its
+//! defaulting, validation and Table printer.
 
 /// Subresources a resource can have. Each is served by the API server on
 /// `.../<resource>/<name>/<subresource>`.
@@ -87,9 +88,6 @@ pub struct ResourceInfo {
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
     pub subresources: &'static [Subresource],
-    /// Whether `metadata.generation` is maintained (set to 1 on create, bumped when
-    /// anything but metadata and status changes).
-    pub tracks_generation: bool,
 }
 
 impl ResourceInfo {
@@ -173,7 +171,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["ns"],
         categories: &[],
         subresources: &[Status, Finalize],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -185,7 +182,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["po"],
         categories: &["all"],
         subresources: &[Status, Binding, Eviction, Log, Exec, Attach, PortForward],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -197,7 +193,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["svc"],
         categories: &["all"],
         subresources: &[Status],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -209,7 +204,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["ep"],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -221,7 +215,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["cm"],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -233,7 +226,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -245,7 +237,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["no"],
         categories: &[],
         subresources: &[Status],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -257,7 +248,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["ev"],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "",
@@ -269,7 +259,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["sa"],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "apps",
@@ -281,7 +270,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["deploy"],
         categories: &["all"],
         subresources: SCALABLE,
-        tracks_generation: true,
     },
     ResourceInfo {
         group: "apps",
@@ -293,7 +281,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["rs"],
         categories: &["all"],
         subresources: SCALABLE,
-        tracks_generation: true,
     },
     ResourceInfo {
         group: "apps",
@@ -305,7 +292,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["ds"],
         categories: &["all"],
         subresources: WORKLOAD_STATUS,
-        tracks_generation: true,
     },
     ResourceInfo {
         group: "apps",
@@ -317,7 +303,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["sts"],
         categories: &["all"],
         subresources: SCALABLE,
-        tracks_generation: true,
     },
     ResourceInfo {
         group: "batch",
@@ -329,7 +314,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &[],
         categories: &["all"],
         subresources: WORKLOAD_STATUS,
-        tracks_generation: true,
     },
     ResourceInfo {
         group: "autoscaling",
@@ -341,7 +325,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["hpa"],
         categories: &["all"],
         subresources: WORKLOAD_STATUS,
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "coordination.k8s.io",
@@ -353,7 +336,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "discovery.k8s.io",
@@ -365,7 +347,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
-        tracks_generation: false,
     },
     ResourceInfo {
         group: "policy",
@@ -377,7 +358,6 @@ pub static REGISTRY: &[ResourceInfo] = &[
         short_names: &["pdb"],
         categories: &[],
         subresources: WORKLOAD_STATUS,
-        tracks_generation: true,
     },
 ];
 

@@ -1,4 +1,4 @@
-use chrono::TimeZone;
+use chrono::{Duration, TimeZone};
 use serde_json::json;
 
 use super::*;
@@ -9,6 +9,38 @@ fn now() -> DateTime<Utc> {
 
 fn ago(seconds: i64) -> String {
     (now() - Duration::seconds(seconds)).to_rfc3339()
+}
+
+/// The printer of a kind, by name (the API server looks them up through its strategies).
+fn printer(kind: &str) -> &'static Printer {
+    match kind {
+        "Pod" => &POD,
+        "Deployment" => &DEPLOYMENT,
+        "ReplicaSet" => &REPLICA_SET,
+        "DaemonSet" => &DAEMON_SET,
+        "StatefulSet" => &STATEFUL_SET,
+        "Job" => &JOB,
+        "Service" => &SERVICE,
+        "Endpoints" => &ENDPOINTS,
+        "EndpointSlice" => &ENDPOINT_SLICE,
+        "Node" => &NODE,
+        "Namespace" => &NAMESPACE,
+        "Event" => &EVENT,
+        "ConfigMap" => &CONFIG_MAP,
+        "Secret" => &SECRET,
+        "ServiceAccount" => &SERVICE_ACCOUNT,
+        "Lease" => &LEASE,
+        "PodDisruptionBudget" => &POD_DISRUPTION_BUDGET,
+        _ => &DEFAULT,
+    }
+}
+
+fn columns(kind: &str) -> Vec<Value> {
+    printer(kind).columns()
+}
+
+fn cells(kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    printer(kind).cells(obj, now)
 }
 
 fn names(kind: &str) -> Vec<String> {

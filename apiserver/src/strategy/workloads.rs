@@ -1,0 +1,145 @@
+//! Workloads (Deployments, ReplicaSets, DaemonSets, StatefulSets, Jobs), HPAs and
+//! PodDisruptionBudgets: generation tracking, and the scale subresource.
+
+use rkube_api::registry::ResourceInfo;
+use rkube_api::{table, ApiError, StatusCause};
+use serde_json::{json, Value};
+
+use super::Strategy;
+
+pub static DEPLOYMENT: Strategy = Strategy {
+    kind: "Deployment",
+    tracks_generation: true,
+    printer: &table::DEPLOYMENT,
+    ..Strategy::DEFAULT
+};
+
+pub static REPLICA_SET: Strategy = Strategy {
+    kind: "ReplicaSet",
+    tracks_generation: true,
+    printer: &table::REPLICA_SET,
+    ..Strategy::DEFAULT
+};
+
+pub static DAEMON_SET: Strategy = Strategy {
+    kind: "DaemonSet",
+    tracks_generation: true,
+    printer: &table::DAEMON_SET,
+    ..Strategy::DEFAULT
+};
+
+pub static STATEFUL_SET: Strategy = Strategy {
+    kind: "StatefulSet",
+    tracks_generation: true,
+    printer: &table::STATEFUL_SET,
+    ..Strategy::DEFAULT
+};
+
+pub static JOB: Strategy = Strategy {
+    kind: "Job",
+    tracks_generation: true,
+    printer: &table::JOB,
+    ..Strategy::DEFAULT
+};
+
+pub static HORIZONTAL_POD_AUTOSCALER: Strategy = Strategy {
+    kind: "HorizontalPodAutoscaler",
+    ..Strategy::DEFAULT
+};
+
+pub static POD_DISRUPTION_BUDGET: Strategy = Strategy {
+    kind: "PodDisruptionBudget",
+    tracks_generation: true,
+    printer: &table::POD_DISRUPTION_BUDGET,
+    ..Strategy::DEFAULT
+};
+
+/// A label selector in its string form (`app=web,tier in (a,b)`), as a Scale reports it.
+fn selector_string(selector: &Value) -> String {
+    let mut parts: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(exprs) = selector["matchExpressions"].as_array() {
+        for e in exprs {
+            let key = e["key"].as_str().unwrap_or("");
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => parts.push(format!("{key} in ({})", values.join(","))),
+                Some("NotIn") => parts.push(format!("{key} notin ({})", values.join(","))),
+                Some("Exists") => parts.push(key.to_string()),
+                Some("DoesNotExist") => parts.push(format!("!{key}")),
+                _ => {}
+            }
+        }
+    }
+    parts.join(",")
+}
+
+/// The `autoscaling/v1` Scale of a workload (the scale subresource's view of it).
+pub fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {
+            "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector_string(&obj["spec"]["selector"]),
+        },
+    })
+}
+
+/// `workload` with the replicas of `desired` (an `autoscaling/v1` Scale), which must be a
+/// whole number, at least 0; absent means 0.
+pub fn scaled(
+    resource: &ResourceInfo,
+    name: &str,
+    workload: &Value,
+    desired: &Value,
+) -> Result<Value, ApiError> {
+    let replicas = desired["spec"]["replicas"].as_i64().unwrap_or(0);
+    if replicas < 0
+        || !(desired["spec"]["replicas"].is_i64() || desired["spec"]["replicas"].is_null())
+    {
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            vec![StatusCause::invalid(
+                "spec.replicas",
+                &desired["spec"]["replicas"],
+                "must be greater than or equal to 0",
+            )],
+        ));
+    }
+    let mut new = workload.clone();
+    new["spec"]["replicas"] = json!(replicas);
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_strings_match_kubectl_form() {
+        let s = selector_string(
+            &json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}),
+        );
+        assert_eq!(s, "app=web,tier in (a,b)");
+    }
+}

@@ -8,7 +8,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::registry::ResourceInfo;
-use crate::validation::quantity::Quantity;
+use crate::semantics::images::default_pull_policy;
+use crate::semantics::qos::qos_class_of_json_spec;
 
 /// The label upstream's API server sets on every namespace, valued with its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -151,22 +152,6 @@ fn default_port_protocols(ports: Option<&mut Value>) {
     }
 }
 
-/// `Always` for `:latest` or untagged images, `IfNotPresent` otherwise (digests included).
-pub fn default_pull_policy(image: &str) -> &'static str {
-    let (name, has_digest) = match image.split_once('@') {
-        Some((name, _)) => (name, true),
-        None => (image, false),
-    };
-    let last_segment = name.rsplit('/').next().unwrap_or(name);
-    let tag = last_segment.split_once(':').map(|(_, tag)| tag);
-    match tag {
-        Some("latest") => "Always",
-        Some(_) => "IfNotPresent",
-        None if has_digest => "IfNotPresent",
-        None => "Always",
-    }
-}
-
 fn default_probe(probe: Option<&mut Value>) {
     let Some(probe) = probe.and_then(Value::as_object_mut) else {
         return;
@@ -195,8 +180,11 @@ fn default_container(c: &mut Value, host_network: bool) {
         return;
     };
     if c.get("imagePullPolicy").is_none_or(Value::is_null) {
-        let policy = default_pull_policy(c.get("image").and_then(Value::as_str).unwrap_or(""));
-        c.insert("imagePullPolicy".into(), json!(policy));
+        let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+        c.insert(
+            "imagePullPolicy".into(),
+            json!(default_pull_policy(image).as_str()),
+        );
     }
     set_if_absent(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_if_absent(c, "terminationMessagePolicy", json!("File"));
@@ -299,55 +287,6 @@ fn default_requests_from_limits(c: &mut Value) {
     }
 }
 
-fn quantity_of(v: &Value) -> Option<Quantity> {
-    match v {
-        Value::String(s) => Quantity::parse(s).ok(),
-        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
-        _ => None,
-    }
-}
-
-/// Upstream's QoS class: Guaranteed, Burstable or BestEffort.
-pub fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|f| spec[*f].as_array().into_iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        let requests = c["resources"]["requests"].as_object();
-        let limits = c["resources"]["limits"].as_object();
-        let relevant = |m: Option<&Map<String, Value>>| {
-            m.map(|m| {
-                m.iter()
-                    .filter(|(k, _)| k.as_str() == "cpu" || k.as_str() == "memory")
-                    .count()
-            })
-            .unwrap_or(0)
-        };
-        if relevant(requests) + relevant(limits) > 0 {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let limit = limits.and_then(|l| l.get(res)).and_then(quantity_of);
-            let request = requests.and_then(|r| r.get(res)).and_then(quantity_of);
-            match (limit, request) {
-                (Some(l), Some(r)) if l == r => {}
-                (Some(_), None) => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 fn default_pod(obj: &mut Value) {
     {
         let spec = object_at(obj, "spec");
@@ -365,7 +304,7 @@ fn default_pod(obj: &mut Value) {
         set_if_absent(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     }
     // The pod create strategy starts every pod Pending with its QoS class.
-    let qos = qos_class(&obj["spec"]);
+    let qos = qos_class_of_json_spec(&obj["spec"]).as_str();
     let status = object_at(obj, "status");
     set_if_absent(status, "phase", json!("Pending"));
     set_if_absent(status, "qosClass", json!(qos));
@@ -557,16 +496,6 @@ mod tests {
     }
 
     #[test]
-    fn pull_policy_follows_tag() {
-        assert_eq!(default_pull_policy("nginx"), "Always");
-        assert_eq!(default_pull_policy("nginx:latest"), "Always");
-        assert_eq!(default_pull_policy("nginx:1.25"), "IfNotPresent");
-        assert_eq!(default_pull_policy("localhost:5000/app"), "Always");
-        assert_eq!(default_pull_policy("localhost:5000/app:v1"), "IfNotPresent");
-        assert_eq!(default_pull_policy("app@sha256:abcd"), "IfNotPresent");
-    }
-
-    #[test]
     fn pod_defaults() {
         let pod = defaulted(
             "Pod",
@@ -620,19 +549,6 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Never");
         assert_eq!(pod["spec"]["containers"][0]["resources"], json!({}));
         assert_eq!(pod["status"]["qosClass"], "BestEffort");
-    }
-
-    #[test]
-    fn qos_classes() {
-        let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]});
-        assert_eq!(qos_class(&burstable), "Burstable");
-        assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
-        let same = json!({"containers": [{"resources": {
-            "requests": {"cpu": "1000m", "memory": "1Gi"},
-            "limits": {"cpu": "1", "memory": "1073741824"}}}]});
-        assert_eq!(qos_class(&same), "Guaranteed");
-        let cpu_only = json!({"containers": [{"resources": {"limits": {"cpu": "1"}}}]});
-        assert_eq!(qos_class(&cpu_only), "Burstable");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! - [`registry`]: the built-in resources rkube serves (group, version, kind, plural,
 //!   scope, verbs, subresources) - the single source for routing and discovery.
 //! - [`status`]: `metav1.Status` errors with upstream reasons and messages.
-//! - [`selectors`]: label and field selectors.
+//! - [`quantity`]: `resource.Quantity`, exact, with upstream's canonical strings.
+//! - [`selectors`]: label and field selectors, and the one label-selector matcher.
+//! - [`semantics`]: rules every component applies: QoS class, default pull policy,
+//!   tolerations, node selectors and required node affinity.
 //! - [`defaults`] and [`validation`]: per-kind defaulting and validation of JSON objects.
 //! - [`typed`]: schema checks against the upstream types (wrong JSON types, unknown fields).
 //! - [`table`]: `meta.k8s.io/v1` Table columns and cells for `kubectl get`.
@@ -13,12 +16,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod defaults;
+pub mod quantity;
 pub mod registry;
 pub mod selectors;
+pub mod semantics;
 pub mod status;
 pub mod table;
 pub mod typed;
 pub mod validation;
 
+pub use quantity::{Quantity, QuantityError};
 pub use registry::{ResourceInfo, REGISTRY};
 pub use status::{ApiError, StatusCause};

@@ -4,8 +4,11 @@
 //! `k in (a,b)`, `k notin (a,b)`, `k`, `!k`, `k>1`, `k<1`, comma meaning AND. Field selectors
 //! follow `k8s.io/apimachinery/pkg/fields`: `f=v`, `f==v`, `f!=v`, comma meaning AND.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaLabelSelector;
 use serde_json::{Map, Value};
 
 use crate::registry::REGISTRY;
@@ -109,25 +112,38 @@ impl Requirement {
         }
     }
 
-    pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let value = labels.and_then(|l| l.get(&self.key)).map(label_text);
-        match self.operator {
+    /// Whether an object with these labels (absent = none) satisfies the requirement.
+    pub fn matches<L: Labels + ?Sized>(&self, labels: Option<&L>) -> bool {
+        let value = labels.and_then(|l| l.label(&self.key));
+        self.operator.evaluate(value.as_deref(), &self.values)
+    }
+}
+
+impl Operator {
+    /// Upstream's `Requirement.Matches`: the one place label and node-selector operators
+    /// are evaluated, for query strings, `metav1.LabelSelector` and node selector terms.
+    /// `value` is the object's label (absent = `None`); `values` the requirement's.
+    pub fn evaluate(self, value: Option<&str>, values: &[String]) -> bool {
+        match self {
             Operator::Equals | Operator::DoubleEquals | Operator::In => {
-                value.is_some_and(|v| self.values.contains(&v))
+                value.is_some_and(|v| values.iter().any(|w| w == v))
             }
             Operator::NotEquals | Operator::NotIn => {
-                value.is_none_or(|v| !self.values.contains(&v))
+                value.is_none_or(|v| values.iter().all(|w| w != v))
             }
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
-                let (Some(have), Some(want)) = (
+                let [want] = values else {
+                    return false;
+                };
+                let (Some(have), Ok(want)) = (
                     value.and_then(|v| v.parse::<i64>().ok()),
-                    self.values.first().and_then(|v| v.parse::<i64>().ok()),
+                    want.parse::<i64>(),
                 ) else {
                     return false;
                 };
-                if self.operator == Operator::GreaterThan {
+                if self == Operator::GreaterThan {
                     have > want
                 } else {
                     have < want
@@ -135,6 +151,77 @@ impl Requirement {
             }
         }
     }
+
+    /// The operator of a `matchExpressions` entry (`In`, `NotIn`, `Exists`,
+    /// `DoesNotExist`, and for node selectors also `Gt`, `Lt`).
+    pub fn from_expression(operator: &str, allow_numeric: bool) -> Option<Operator> {
+        Some(match operator {
+            "In" => Operator::In,
+            "NotIn" => Operator::NotIn,
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            "Gt" if allow_numeric => Operator::GreaterThan,
+            "Lt" if allow_numeric => Operator::LessThan,
+            _ => return None,
+        })
+    }
+
+    /// Whether `values` has the shape the operator needs (upstream's `NewRequirement` checks
+    /// without the key and value syntax, which the API server validated on write). A
+    /// selector failing this selects nothing, as upstream's conversion error does.
+    pub fn accepts(self, values: &[String]) -> bool {
+        match self {
+            Operator::In | Operator::NotIn => !values.is_empty(),
+            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals => values.len() == 1,
+            Operator::Exists | Operator::DoesNotExist => values.is_empty(),
+            Operator::GreaterThan | Operator::LessThan => {
+                matches!(values, [v] if v.parse::<i64>().is_ok())
+            }
+        }
+    }
+}
+
+/// An object's labels, looked up by key: `metadata.labels` as JSON or as a typed map.
+pub trait Labels {
+    fn label(&self, key: &str) -> Option<Cow<'_, str>>;
+}
+
+impl Labels for Map<String, Value> {
+    fn label(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key).map(|v| match v {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(other.to_string()),
+        })
+    }
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key).map(|v| Cow::Borrowed(v.as_str()))
+    }
+}
+
+/// Whether a typed `metav1.LabelSelector` selects an object with `labels`, evaluated with
+/// the same [`Operator::evaluate`] as parsed selectors, without building one. `None` (a
+/// null selector) selects nothing and an empty selector everything, as upstream's
+/// `LabelSelectorAsSelector`; a malformed expression makes the selector select nothing.
+pub fn label_selector_matches<L: Labels + ?Sized>(
+    selector: Option<&MetaLabelSelector>,
+    labels: &L,
+) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let by_labels = selector.match_labels.iter().flatten().all(|(key, value)| {
+        Operator::Equals.evaluate(labels.label(key).as_deref(), std::slice::from_ref(value))
+    });
+    by_labels
+        && selector.match_expressions.iter().flatten().all(|expr| {
+            let values = expr.values.as_deref().unwrap_or_default();
+            Operator::from_expression(&expr.operator, false)
+                .filter(|op| op.accepts(values))
+                .is_some_and(|op| op.evaluate(labels.label(&expr.key).as_deref(), values))
+        })
 }
 
 impl fmt::Display for Requirement {
@@ -219,17 +306,11 @@ impl LabelSelector {
             for expr in exprs {
                 let key = expr.get("key").and_then(Value::as_str).unwrap_or("");
                 let op_text = expr.get("operator").and_then(Value::as_str).unwrap_or("");
-                let operator = match op_text {
-                    "In" => Operator::In,
-                    "NotIn" => Operator::NotIn,
-                    "Exists" => Operator::Exists,
-                    "DoesNotExist" => Operator::DoesNotExist,
-                    other => {
-                        return Err(SelectorError::Syntax(format!(
-                            "{other:?} is not a valid label selector operator"
-                        )))
-                    }
-                };
+                let operator = Operator::from_expression(op_text, false).ok_or_else(|| {
+                    SelectorError::Syntax(format!(
+                        "{op_text:?} is not a valid label selector operator"
+                    ))
+                })?;
                 let values: Vec<String> = expr
                     .get("values")
                     .and_then(Value::as_array)
@@ -272,7 +353,7 @@ impl LabelSelector {
     }
 
     /// Whether an object with these labels (`metadata.labels`, absent = none) matches.
-    pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+    pub fn matches<L: Labels + ?Sized>(&self, labels: Option<&L>) -> bool {
         !self.nothing && self.requirements.iter().all(|r| r.matches(labels))
     }
 }
@@ -845,233 +926,4 @@ pub fn selectable_fields(kind: &str, obj: &Value) -> Vec<(&'static str, String)>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn labels(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn equality_and_inequality() {
-        let l = labels(json!({"app": "web", "tier": "front"}));
-        assert!(LabelSelector::parse("app=web").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("app==web").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("app=db").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("app!=db").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("app!=web").unwrap().matches(Some(&l)));
-        // `!=` matches objects without the label at all.
-        assert!(LabelSelector::parse("env!=prod").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("env!=prod").unwrap().matches(None));
-    }
-
-    #[test]
-    fn set_operators_and_existence() {
-        let l = labels(json!({"app": "web", "tier": "front"}));
-        let sel = LabelSelector::parse(" app in (web, db) , tier notin (back) ").unwrap();
-        assert!(sel.matches(Some(&l)));
-        assert!(!LabelSelector::parse("app in (db)")
-            .unwrap()
-            .matches(Some(&l)));
-        assert!(LabelSelector::parse("env notin (prod)")
-            .unwrap()
-            .matches(Some(&l)));
-        assert!(LabelSelector::parse("app").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("env").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("!env").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("!app").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("app,!tier").unwrap().matches(Some(&l)));
-    }
-
-    #[test]
-    fn numeric_comparisons() {
-        let l = labels(json!({"gen": "5"}));
-        assert!(LabelSelector::parse("gen>3").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("gen<3").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("gen>x").is_err());
-    }
-
-    #[test]
-    fn empty_selector_matches_everything() {
-        let s = LabelSelector::parse("").unwrap();
-        assert!(s.is_empty());
-        assert!(s.matches(None));
-        assert!(!LabelSelector::parse("a=b").unwrap().is_empty());
-    }
-
-    #[test]
-    fn empty_value_is_allowed() {
-        let s = LabelSelector::parse("a=").unwrap();
-        assert!(s.matches(Some(&labels(json!({"a": ""})))));
-        assert!(!s.matches(Some(&labels(json!({"a": "x"})))));
-    }
-
-    #[test]
-    fn parse_errors_are_upstream_like() {
-        let e = LabelSelector::parse("a b").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
-        );
-        let e = LabelSelector::parse("a in b").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unable to parse requirement: found 'b', expected: '('"
-        );
-        let e = LabelSelector::parse("a=b=c").unwrap_err();
-        assert_eq!(e.to_string(), "found '=', expected: ',' or 'end of string'");
-        let e = LabelSelector::parse("=b").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "found '=', expected: !, identifier, or 'end of string'"
-        );
-        let e = LabelSelector::parse("a=b c").unwrap_err();
-        assert!(matches!(e, SelectorError::Syntax(_)));
-        let e = LabelSelector::parse("a=-x").unwrap_err();
-        assert!(
-            e.to_string().starts_with(
-                "unable to parse requirement: values[0][a]: Invalid value: \"-x\": a valid label must be an empty string"
-            ),
-            "{e}"
-        );
-        let e = LabelSelector::parse("-a=x").unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("key: Invalid value: \"-a\": name part must consist of alphanumeric"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn display_is_sorted_and_canonical() {
-        let s = LabelSelector::parse("tier in (b,a),app=web,!x").unwrap();
-        assert_eq!(s.to_string(), "app=web,tier in (a,b),!x");
-    }
-
-    #[test]
-    fn from_json_handles_labels_and_expressions() {
-        let sel = LabelSelector::from_json(&json!({
-            "matchLabels": {"app": "web"},
-            "matchExpressions": [
-                {"key": "tier", "operator": "In", "values": ["front", "mid"]},
-                {"key": "legacy", "operator": "DoesNotExist"},
-                {"key": "env", "operator": "NotIn", "values": ["prod"]},
-                {"key": "app", "operator": "Exists"}
-            ]
-        }))
-        .unwrap();
-        assert!(sel.matches(Some(&labels(json!({"app": "web", "tier": "mid"})))));
-        assert!(!sel.matches(Some(&labels(json!({"app": "web", "tier": "back"})))));
-        assert!(!sel.matches(Some(&labels(
-            json!({"app": "web", "tier": "mid", "legacy": "1"})
-        ))));
-        assert!(!sel.matches(Some(&labels(
-            json!({"app": "web", "tier": "mid", "env": "prod"})
-        ))));
-        assert!(LabelSelector::from_json(&json!({})).unwrap().matches(None));
-        assert!(!LabelSelector::from_json(&Value::Null)
-            .unwrap()
-            .matches(None));
-        let bad = LabelSelector::from_json(
-            &json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}),
-        );
-        assert_eq!(
-            bad.unwrap_err().to_string(),
-            "\"Foo\" is not a valid label selector operator"
-        );
-        assert!(LabelSelector::from_json(
-            &json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]})
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn field_selectors() {
-        let pod = json!({
-            "metadata": {"name": "p1", "namespace": "default"},
-            "spec": {"nodeName": "n1", "hostNetwork": true},
-            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}]}
-        });
-        let fields = selectable_fields("Pod", &pod);
-        let sel = FieldSelector::parse("metadata.name=p1,spec.nodeName==n1").unwrap();
-        assert!(sel.matches(&fields));
-        assert!(FieldSelector::parse("status.phase!=Pending")
-            .unwrap()
-            .matches(&fields));
-        assert!(!FieldSelector::parse("status.phase!=Running")
-            .unwrap()
-            .matches(&fields));
-        assert!(FieldSelector::parse("spec.hostNetwork=true")
-            .unwrap()
-            .matches(&fields));
-        assert!(FieldSelector::parse("status.podIP=10.0.0.5")
-            .unwrap()
-            .matches(&fields));
-        // A missing field reads as "".
-        assert!(FieldSelector::parse("status.nominatedNodeName=")
-            .unwrap()
-            .matches(&fields));
-        assert_eq!(sel.required_value("metadata.name"), Some("p1"));
-        assert!(FieldSelector::parse("").unwrap().is_empty());
-        assert_eq!(
-            FieldSelector::parse("foo").unwrap_err().to_string(),
-            "invalid selector: 'foo'; can't understand 'foo'"
-        );
-        let escaped = FieldSelector::parse(r"metadata.name=a\,b").unwrap();
-        assert_eq!(escaped.terms()[0].value, "a,b");
-    }
-
-    #[test]
-    fn multi_byte_text_in_field_selectors_is_parsed_not_sliced() {
-        let sel = FieldSelector::parse("é=x").unwrap();
-        assert_eq!(sel.terms()[0].field, "é");
-        assert_eq!(sel.terms()[0].value, "x");
-        let sel = FieldSelector::parse("metadata.name!=日本").unwrap();
-        assert!(sel.terms()[0].negated);
-        assert_eq!(sel.terms()[0].value, "日本");
-        // An escape followed by a multi-byte character, and one at the very end.
-        for text in ["a\\é=x", "é\\", "\\é", "é", "ü!é==ö", "=é", "😀=😀,é!=ß"] {
-            let _ = FieldSelector::parse(text);
-        }
-        assert!(FieldSelector::parse("é").is_err());
-        assert_eq!(
-            FieldSelector::parse("a\\é=x").unwrap().terms()[0].value,
-            "x"
-        );
-    }
-
-    #[test]
-    fn supported_fields_per_kind() {
-        let sel = FieldSelector::parse("spec.nodeName=x").unwrap();
-        assert!(sel.check_supported("Pod").is_ok());
-        assert_eq!(
-            sel.check_supported("Deployment").unwrap_err().to_string(),
-            "field label not supported: spec.nodeName"
-        );
-        let ev = FieldSelector::parse("involvedObject.name=x,involvedObject.uid=u,reason=Started")
-            .unwrap();
-        assert!(ev.check_supported("Event").is_ok());
-        assert!(FieldSelector::parse("metadata.namespace=x")
-            .unwrap()
-            .check_supported("Node")
-            .is_err());
-        assert!(FieldSelector::parse("spec.unschedulable=true")
-            .unwrap()
-            .check_supported("Node")
-            .is_ok());
-        assert!(FieldSelector::parse("type=Opaque")
-            .unwrap()
-            .check_supported("Secret")
-            .is_ok());
-        let rs = json!({"metadata": {"name": "r"}, "status": {"replicas": 3}});
-        assert!(FieldSelector::parse("status.replicas=3")
-            .unwrap()
-            .matches(&selectable_fields("ReplicaSet", &rs)));
-        let ev = json!({"metadata": {"name": "e"}, "source": {"component": "kubelet"}, "type": "Normal"});
-        let f = selectable_fields("Event", &ev);
-        assert!(FieldSelector::parse("source=kubelet,type=Normal")
-            .unwrap()
-            .matches(&f));
-    }
-}
+mod tests;

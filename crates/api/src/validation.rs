@@ -2,14 +2,12 @@
 //! with upstream's reasons, field paths and messages.
 //!
 //! - [`names`]: name, label, key and port-name syntax with upstream's messages.
-//! - [`quantity`]: `resource.Quantity` parsing and exact comparison.
 //! - [`pod`]: pod spec rules (pods and workload templates) and the pod update rule.
 //! - [`gofmt`]: Go-style renderings of bad values (`map[string]string{...}`).
 
 pub mod gofmt;
 pub mod names;
 pub mod pod;
-pub mod quantity;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{json, Map, Value};
 
 use super::names;
-use super::quantity::Quantity;
 use super::{child, index, invalid_raw, key, not_found, required_detail, validate_labels};
+use crate::quantity::{self, Quantity};
 use crate::status::StatusCause;
 
 /// Who owns the pod spec, which decides the allowed restart policies and pod-only checks.
@@ -485,7 +485,7 @@ fn parse_resource_list(
             other => other.to_string(),
         };
         let qpath = key(path, name);
-        match Quantity::parse(&text) {
+        match quantity::from_json(raw) {
             Ok(q) if q.is_negative() => errs.push(invalid_raw(
                 qpath,
                 &format!("{text:?}"),

@@ -8,68 +8,36 @@
 //!   may hand the copy to the kernel), `cat <file> | cat > /dev/null` (every byte copied
 //!   through a pipe once), and the request's throughput as a ratio of both.
 //!
-//! The API server runs in this process on the embedded store; the client reads the
-//! response directly from the kubelet's port (what the API server's proxy would forward).
+//! The API server (embedded store) is a child process too; the client reads the response
+//! directly from the kubelet's port (what the API server's proxy would forward).
 //!
-//! Usage: `cargo run --release -p rkube-bench --bin bench-kubelet-logs -- [--size-mib 1024]`
-//! (expects `target/release/rkubelet`).
+//! Usage: `cargo build --release -p rkube-apiserver -p rkubelet -p rkube-bench &&
+//! ./target/release/bench-kubelet-logs [--size-mib 1024]`
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use rkube_bench::components::{ApiServer, BinDirFlag, Binaries, Binary, Storage};
+use rkube_bench::process::ChildProcess;
+use rkube_bench::procfs::{mib, peak_rss_kib, rss_kib, PeakRssSampler};
+use rkube_bench::{kube_client, machine_summary};
 
 const NODE: &str = "bench-logs";
 
 #[derive(Parser, Debug)]
 struct Flags {
-    #[arg(long, default_value = "target/release/rkubelet")]
-    kubelet: PathBuf,
     /// Size of the log file in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) by its PID when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
-            return Ok(rest.trim().trim_end_matches("kB").trim().parse()?);
-        }
-    }
-    bail!("no {field} for pid {pid}")
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
+    #[command(flatten)]
+    bin_dir: BinDirFlag,
 }
 
 /// Writes `size` bytes of 100-byte numbered lines.
@@ -125,43 +93,17 @@ fn piped_cat_seconds(path: &Path) -> anyhow::Result<f64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    if !flags.kubelet.exists() {
-        bail!(
-            "{} not found: cargo build --release -p rkubelet",
-            flags.kubelet.display()
-        );
-    }
+    let binaries = Binaries::require(&flags.bin_dir, &[Binary::ApiServer, Binary::Kubelet])?;
+    println!("kubelet log-serving benchmark: {}", machine_summary());
     let work = tempfile::tempdir()?;
+    let server = ApiServer::start(&binaries, &Storage::Embedded).await?;
+    let client = kube_client(server.url())?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-        data_dir: work.path().join("store"),
-    });
-    tokio::spawn(rkube_apiserver::run(
-        config,
-        listener,
-        std::future::pending::<()>(),
-    ));
-    let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
-
-    let kubelet_port = rkube_testkit::free_port()?;
     let root = work.path().join("kubelet");
-    let kubelet = Process(
-        Command::new(&flags.kubelet)
-            .args(["--runtime", "fake", "--node-name", NODE])
-            .args(["--master", &url])
-            .args(["--listen", &format!("127.0.0.1:{kubelet_port}")])
-            .arg("--root-dir")
-            .arg(&root)
-            .args(["--container-log-max-size", "2Gi"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", flags.kubelet.display()))?,
-    );
-    let kubelet_pid = kubelet.0.id();
+    let (mut command, kubelet_port) = binaries.kubelet_command(server.url(), NODE, &root)?;
+    command.args(["--runtime", "fake", "--container-log-max-size", "2Gi"]);
+    let kubelet = ChildProcess::spawn(&mut command, "rkubelet")?;
+    let kubelet_pid = kubelet.pid();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -169,13 +111,7 @@ async fn main() -> anyhow::Result<()> {
         "metadata": {"name": "chatty"},
         "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox"}]}
     }))?;
-    loop {
-        if pods.create(&PostParams::default(), &pod).await.is_ok() {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the API server never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pods.create(&PostParams::default(), &pod).await?;
     let uid = loop {
         let pod = pods.get("chatty").await?;
         let running = pod
@@ -213,23 +149,10 @@ async fn main() -> anyhow::Result<()> {
         .fold(f64::INFINITY, f64::min);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = status_kib(kubelet_pid, "VmRSS")?;
-    let hwm_before = status_kib(kubelet_pid, "VmHWM")?;
+    let idle_rss = rss_kib(kubelet_pid)?;
+    let hwm_before = peak_rss_kib(kubelet_pid)?;
 
-    let peak = Arc::new(AtomicU64::new(idle_rss));
-    let serving = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let peak = peak.clone();
-        let serving = serving.clone();
-        std::thread::spawn(move || {
-            while serving.load(Ordering::Relaxed) {
-                if let Ok(rss) = status_kib(kubelet_pid, "VmRSS") {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let sampler = PeakRssSampler::start(kubelet_pid, Duration::from_millis(10));
     let start = Instant::now();
     let response = reqwest::get(format!(
         "http://127.0.0.1:{kubelet_port}/containerLogs/default/chatty/app"
@@ -246,11 +169,9 @@ async fn main() -> anyhow::Result<()> {
         received += chunk?.len() as u64;
     }
     let served = start.elapsed().as_secs_f64();
-    serving.store(false, Ordering::Relaxed);
-    let _ = sampler.join();
+    let peak = sampler.stop().max(idle_rss);
     anyhow::ensure!(received == size, "received {received} of {size} bytes");
-    let hwm_after = status_kib(kubelet_pid, "VmHWM")?;
-    let peak = peak.load(Ordering::Relaxed);
+    let hwm_after = peak_rss_kib(kubelet_pid)?;
 
     let throughput = |seconds: f64| size as f64 / (1 << 20) as f64 / seconds;
     println!(
@@ -283,5 +204,6 @@ async fn main() -> anyhow::Result<()> {
         mib(hwm_after)
     );
     drop(kubelet);
+    drop(server);
     Ok(())
 }

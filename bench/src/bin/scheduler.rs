@@ -2,14 +2,15 @@
 //! server, on simulated nodes, next to the API server's raw pod-create throughput measured
 //! in the same run on the same server.
 //!
-//! Phases: (1) an in-process API server (embedded store, temp dir, its own runtime thread);
+//! Phases: (1) the real `rkube-apiserver` binary as a child process (embedded store);
 //! (2) baseline: create `--pods` pods that no scheduler owns, at `--concurrency`;
-//! (3) register `--nodes` simulated nodes; (4) create `--pods` pending pods with no
-//! scheduler running; (5) start the scheduler and time until the watch has seen every one
-//! of them bound. The simulated kubelets run throughout, so bound pods are also marked
-//! Running, as in a real cluster.
+//! (3) register `--nodes` simulated nodes (in this process); (4) create `--pods` pending
+//! pods with no scheduler running; (5) start the real `rkube-scheduler` binary and time
+//! until the watch has seen every one of them bound. The simulated kubelets run throughout,
+//! so bound pods are also marked Running, as in a real cluster.
 //!
-//! Usage: `cargo run --release -p rkube-bench --bin bench-scheduler -- [--nodes 1000 --pods 10000]`
+//! Usage: `cargo build --release -p rkube-apiserver -p rkube-scheduler -p rkube-bench &&
+//! ./target/release/bench-scheduler [--nodes 1000 --pods 10000]`
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -20,7 +21,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use rkube_apiserver::StorageConfig;
+use rkube_bench::components::{ApiServer, BinDirFlag, Binaries, Binary, Storage};
+use rkube_bench::kube_client;
+use rkube_bench::stats::run_concurrent;
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
 
@@ -39,6 +42,8 @@ struct Flags {
     /// Do not run simulated kubelets (nodes still exist; pods stay Pending after binding).
     #[arg(long)]
     no_kubelets: bool,
+    #[command(flatten)]
+    bin_dir: BinDirFlag,
 }
 
 fn pod(name: &str, scheduler: &str) -> anyhow::Result<Pod> {
@@ -53,6 +58,8 @@ fn pod(name: &str, scheduler: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
+/// Creates `count` pods named `<prefix>-<i>` for `scheduler` with `concurrency` in flight;
+/// the wall time.
 async fn create_pods(
     client: &kube::Client,
     prefix: &str,
@@ -61,83 +68,29 @@ async fn create_pods(
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let start = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let p = pod(&format!("{prefix}-{i}"), scheduler)?;
-                api.create(&PostParams::default(), &p)
-                    .await
-                    .with_context(|| format!("creating {prefix}-{i}"))?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = start.elapsed();
-    for r in results {
-        r?;
-    }
-    Ok(elapsed)
-}
-
-/// The API server on its own thread and runtime, as it would be its own process.
-fn start_api_server(
-    dir: std::path::PathBuf,
-) -> anyhow::Result<(
-    String,
-    std::sync::mpsc::Sender<()>,
-    std::thread::JoinHandle<()>,
-)> {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-                return;
-            };
-            let _ = addr_tx.send(
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            );
-            let config = rkube_apiserver::Config::new(StorageConfig::Embedded { data_dir: dir });
-            let stop = async move {
-                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-            };
-            if let Err(e) = rkube_apiserver::run(config, listener, stop).await {
-                eprintln!("API server failed: {e}");
-            }
-        });
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("API server did not start")?;
-    Ok((format!("http://{addr}"), stop_tx, thread))
+    let (prefix, scheduler) = (prefix.to_string(), scheduler.to_string());
+    let batch = run_concurrent(count, concurrency, move |i| {
+        let (api, name, scheduler) = (api.clone(), format!("{prefix}-{i}"), scheduler.clone());
+        async move {
+            let started = Instant::now();
+            api.create(&PostParams::default(), &pod(&name, &scheduler)?)
+                .await
+                .with_context(|| format!("creating {name}"))?;
+            Ok(started.elapsed())
+        }
+    })
+    .await?;
+    Ok(batch.wall)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let dir = tempfile::tempdir()?;
-    let (url, stop_api, api_thread) = start_api_server(dir.path().to_path_buf())?;
-    let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while namespaces.get("default").await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "API server not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let binaries = Binaries::require(&flags.bin_dir, &[Binary::ApiServer, Binary::Scheduler])?;
+    println!("scheduler benchmark: {}", rkube_bench::machine_summary());
+    let server = ApiServer::start(&binaries, &Storage::Embedded).await?;
+    let url = server.url().to_string();
+    let client = kube_client(&url)?;
 
     // Baseline: the same pods, created the same way, that nothing else reacts to.
     let baseline = create_pods(
@@ -227,14 +180,11 @@ async fn main() -> anyhow::Result<()> {
     });
     synced_rx.await.context("bound-pod watch ended")?;
 
-    let mut config = rkube_scheduler::Config::new(rkube_scheduler::ApiServer::Url(url.clone()));
-    config.bind_concurrency = flags.bind_concurrency;
-    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
     let start = Instant::now();
-    let scheduler = tokio::spawn(rkube_scheduler::run(config, health, async move {
-        let _ = scheduler_stopped.await;
-    }));
+    let mut scheduler = binaries.start_scheduler(
+        &url,
+        &[format!("--bind-concurrency={}", flags.bind_concurrency)],
+    )?;
     let finished = tokio::time::timeout(Duration::from_secs(600), done_rx)
         .await
         .context("scheduling did not finish in 10 minutes")??;
@@ -256,11 +206,9 @@ async fn main() -> anyhow::Result<()> {
         stats.pods_started, stats.write_errors
     );
 
-    let _ = stop_scheduler.send(());
-    let _ = scheduler.await;
+    scheduler.stop(Duration::from_secs(10));
     counter.abort();
     nodes.shutdown().await;
-    let _ = stop_api.send(());
-    let _ = tokio::task::spawn_blocking(move || api_thread.join()).await;
+    drop(server);
     Ok(())
 }

@@ -8,22 +8,22 @@
 //! nodes (SimCluster) run in this process. Same-run baseline: creating the same number of
 //! pods directly through the API (no scheduler or controller involved).
 //!
-//! Usage: `cargo build --release -p rkube-apiserver -p rkube-scheduler -p rkube-controller-manager`
-//! then `cargo run --release -p rkube-bench --bin bench-controllers -- [--nodes 100 --replicas 1000]`
+//! Usage: `cargo build --release -p rkube-apiserver -p rkube-scheduler
+//! -p rkube-controller-manager -p rkube-bench && ./target/release/bench-controllers
+//! [--nodes 100 --replicas 1000]`
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rkube_bench::components::{ApiServer, BinDirFlag, Binaries, Binary, Storage};
+use rkube_bench::procfs::{cpu_seconds, mib, peak_rss_kib};
+use rkube_bench::stats::run_concurrent;
+use rkube_bench::{kube_client, machine_summary};
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
-use tokio::process::{Child, Command};
 
 #[derive(Parser, Debug)]
 struct Flags {
@@ -31,9 +31,8 @@ struct Flags {
     nodes: usize,
     #[arg(long, default_value_t = 1_000)]
     replicas: i32,
-    /// Where the release binaries are.
-    #[arg(long, default_value = "target/release")]
-    bin_dir: PathBuf,
+    #[command(flatten)]
+    bin_dir: BinDirFlag,
     /// Concurrent creates for the baseline.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -46,79 +45,28 @@ struct Flags {
     controllers: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-    };
-    // fields[0] is field 3 (state), so field n is fields[n - 3]. Linux reports in USER_HZ (100).
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-/// Peak resident set size in MiB (VmHWM).
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("no VmHWM")?
-        .parse()?;
-    Ok(kib / 1024.0)
-}
-
-fn spawn(bin_dir: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
-    let path = bin_dir.join(name);
-    Command::new(&path)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", path.display()))
-}
-
+/// Creates `count` pods in namespace `baseline` that nothing schedules or owns; the wall time.
 async fn create_pods_directly(
     client: &kube::Client,
     count: i32,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "baseline");
-    let start = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": format!("direct-{i}"), "labels": {"app": "baseline"}},
-                    // Nobody schedules these: they measure the API alone.
-                    "spec": {"schedulerName": "none", "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
-                }))?;
-                api.create(&PostParams::default(), &pod).await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = start.elapsed();
-    for r in results {
-        r?;
-    }
-    Ok(elapsed)
+    let batch = run_concurrent(usize::try_from(count)?, concurrency, move |i| {
+        let api = api.clone();
+        async move {
+            let started = Instant::now();
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("direct-{i}"), "labels": {"app": "baseline"}},
+                // Nobody schedules these: they measure the API alone.
+                "spec": {"schedulerName": "none", "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+            }))?;
+            api.create(&PostParams::default(), &pod).await?;
+            Ok(started.elapsed())
+        }
+    })
+    .await?;
+    Ok(batch.wall)
 }
 
 /// Waits until the Deployment has observed its generation and all replicas are updated,
@@ -152,31 +100,32 @@ struct Usage {
 fn usage(pid: u32) -> anyhow::Result<Usage> {
     Ok(Usage {
         cpu: cpu_seconds(pid)?,
-        rss: peak_rss_mib(pid)?,
+        rss: mib(peak_rss_kib(pid)?),
     })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let dir = tempfile::tempdir()?;
-    let api_port = free_port()?;
-    let url = format!("http://127.0.0.1:{api_port}");
-    let mut apiserver = spawn(
+    let binaries = Binaries::require(
         &flags.bin_dir,
-        "rkube-apiserver",
         &[
-            format!("--port={api_port}"),
-            format!("--data-dir={}", dir.path().join("data").display()),
+            Binary::ApiServer,
+            Binary::Scheduler,
+            Binary::ControllerManager,
         ],
     )?;
-    let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
+    println!(
+        "controller-manager benchmark: {} replicas on {} simulated nodes, --controllers={}, {}",
+        flags.replicas,
+        flags.nodes,
+        flags.controllers,
+        machine_summary()
+    );
+    let apiserver = ApiServer::start(&binaries, &Storage::Embedded).await?;
+    let url = apiserver.url().to_string();
+    let client = kube_client(&url)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while namespaces.get("default").await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "API server not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Baseline: the same number of pods created directly, then removed again.
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "baseline"}}))?;
@@ -194,28 +143,17 @@ async fn main() -> anyhow::Result<()> {
         NodeTemplate::default(),
     )
     .await?;
-    let mut scheduler = spawn(
-        &flags.bin_dir,
-        "rkube-scheduler",
+    let scheduler = binaries.start_scheduler(&url, &[])?;
+    let cm = binaries.start_controller_manager(
+        &url,
         &[
-            format!("--api-server={url}"),
-            format!("--health-address=127.0.0.1:{}", free_port()?),
-        ],
-    )?;
-    let mut cm = spawn(
-        &flags.bin_dir,
-        "rkube-controller-manager",
-        &[
-            format!("--master={url}"),
-            "--leader-elect=false".into(),
-            format!("--bind-address=127.0.0.1:{}", free_port()?),
             format!("--concurrent-syncs={}", flags.concurrent_syncs),
             format!("--controllers={}", flags.controllers),
         ],
     )?;
-    let cm_pid = cm.id().context("controller manager exited")?;
-    let api_pid = apiserver.id().context("API server exited")?;
-    let scheduler_pid = scheduler.id().context("scheduler exited")?;
+    let cm_pid = cm.pid();
+    let api_pid = apiserver.pid();
+    let scheduler_pid = scheduler.pid();
     // Let the controller manager list and settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -256,10 +194,6 @@ async fn main() -> anyhow::Result<()> {
 
     let n = f64::from(flags.replicas);
     println!(
-        "controller-manager benchmark: {} replicas on {} simulated nodes, --controllers={}",
-        flags.replicas, flags.nodes, flags.controllers
-    );
-    println!(
         "  baseline: {} pods created directly through the API: {:.2} s ({:.0} pods/s)",
         flags.replicas,
         direct.as_secs_f64(),
@@ -298,8 +232,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     nodes.shutdown().await;
-    for child in [&mut cm, &mut scheduler, &mut apiserver] {
-        let _ = child.kill().await;
-    }
+    drop((cm, scheduler, apiserver));
     Ok(())
 }

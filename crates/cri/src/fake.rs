@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -58,6 +59,9 @@ struct RuntimeState {
 pub struct FakeRuntime {
     state: Arc<Mutex<RuntimeState>>,
     events: broadcast::Sender<RuntimeEvent>,
+    /// How often `list` was called: listing every container is what a real runtime
+    /// charges most for, so tests count it.
+    list_calls: Arc<AtomicUsize>,
 }
 
 impl Default for FakeRuntime {
@@ -75,7 +79,14 @@ impl FakeRuntime {
                 ..RuntimeState::default()
             })),
             events,
+            list_calls: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// How many times [`ContainerRuntime::list`] has been called on this runtime (or a
+    /// clone of it).
+    pub fn list_calls(&self) -> usize {
+        self.list_calls.load(Ordering::SeqCst)
     }
 
     /// Makes `start` fail with the returned message when `check` returns one (e.g. an
@@ -266,6 +277,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
+        self.list_calls.fetch_add(1, Ordering::SeqCst);
         let state = self.state.lock();
         Ok(state
             .containers

@@ -1,27 +1,18 @@
 //! Image pull policy and registry credentials from imagePullSecrets.
 
 use k8s_openapi::api::core::v1::{Container, Secret};
+use rkube_api::semantics::images::effective_pull_policy;
 use rkube_cri::RegistryAuth;
 
-/// The effective pull policy: the container's, else upstream's default (Always for
-/// `:latest` or untagged references, IfNotPresent otherwise).
+/// The effective pull policy: the container's, else upstream's default (the same
+/// function the API server defaults with).
 pub fn pull_policy(container: &Container) -> String {
-    if let Some(p) = container
-        .image_pull_policy
-        .as_deref()
-        .filter(|p| !p.is_empty())
-    {
-        return p.to_string();
-    }
-    let image = container.image.as_deref().unwrap_or("");
-    if image.contains('@') {
-        return "IfNotPresent".to_string();
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.split_once(':') {
-        Some((_, "latest")) | None => "Always".to_string(),
-        Some(_) => "IfNotPresent".to_string(),
-    }
+    effective_pull_policy(
+        container.image.as_deref().unwrap_or(""),
+        container.image_pull_policy.as_deref(),
+    )
+    .as_str()
+    .to_string()
 }
 
 /// The registry host of an image reference, as docker normalises it.
@@ -149,6 +140,20 @@ mod tests {
             "IfNotPresent"
         );
         assert_eq!(pull_policy(&container("busybox", Some("Never"))), "Never");
+    }
+
+    /// Regression: the kubelet took any digest to mean IfNotPresent, while the API server's
+    /// defaulting (upstream's) keeps `Always` for a reference whose tag is `latest`.
+    #[test]
+    fn pull_policy_of_latest_pinned_by_digest_agrees_with_the_api_server() {
+        let image = format!("busybox:latest@sha256:{}", "0123456789abcdef".repeat(4));
+        let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
+        rkube_api::defaults::apply_kind_defaults("Pod", &mut pod);
+        let defaulted = pod["spec"]["containers"][0]["imagePullPolicy"].as_str();
+        assert_eq!(defaulted, Some("Always"));
+        assert_eq!(pull_policy(&container(&image, None)), "Always");
+        let digest_only = format!("busybox@sha256:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(pull_policy(&container(&digest_only, None)), "IfNotPresent");
     }
 
     #[test]

@@ -62,6 +62,7 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
+use rkube_api::quantity::{Format, Quantity};
 use tokio::sync::watch;
 
 /// Upstream's `containerLogMaxSize` default (10Mi).
@@ -118,34 +119,18 @@ impl RotationPolicy {
     }
 }
 
-/// Parses a byte quantity the way upstream's `containerLogMaxSize` is written: a number
-/// with an optional binary (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`k`/`K`, `M`, `G`, `T`)
-/// suffix, e.g. `10Mi`.
+/// Parses `containerLogMaxSize` as upstream does: a resource quantity (`10Mi`, `1G`) of
+/// at least one byte that fits an int64.
 pub fn parse_size(text: &str) -> Result<u64, PolicyError> {
     let invalid = || PolicyError::MaxSize(text.to_string());
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, suffix) = trimmed.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let multiplier: u64 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err(invalid()),
-    };
-    let size = number.checked_mul(multiplier).ok_or_else(invalid)?;
-    if size == 0 {
+    let quantity = Quantity::parse(text.trim()).map_err(|_| invalid())?;
+    if quantity > Quantity::new(i64::MAX, Format::BinarySI) {
         return Err(invalid());
     }
-    Ok(size)
+    match u64::try_from(quantity.value()) {
+        Ok(size) if size > 0 => Ok(size),
+        _ => Err(invalid()),
+    }
 }
 
 /// Removes the head of a file whose writer keeps appending.

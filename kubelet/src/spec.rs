@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use rkube_api::Quantity;
 use rkube_cri::ImageConfig;
 use serde_json::{json, Value};
 
@@ -174,47 +175,15 @@ pub fn merged_env(image_env: &[String], env: &[(String, String)], hostname: &str
         .collect()
 }
 
-/// CPU in millicores (`"500m"`, `"1"`, `"0.25"`).
-pub fn parse_cpu_millis(quantity: &str) -> Option<i64> {
-    if let Some(m) = quantity.strip_suffix('m') {
-        return m.parse::<i64>().ok();
-    }
-    let value: f64 = quantity.parse().ok()?;
-    Some((value * 1000.0).ceil() as i64)
-}
-
-/// Bytes of a memory quantity (`"64Mi"`, `"1G"`, `"1e6"`, `"512"`).
-pub fn parse_bytes(quantity: &str) -> Option<i64> {
-    const SUFFIXES: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("m", 1e-3),
-    ];
-    for (suffix, factor) in SUFFIXES {
-        if let Some(number) = quantity.strip_suffix(suffix) {
-            let value: f64 = number.parse().ok()?;
-            return Some((value * factor).ceil() as i64);
-        }
-    }
-    let value: f64 = quantity.parse().ok()?;
-    Some(value.ceil() as i64)
-}
-
-fn resource(container: &Container, which: &str, name: &str) -> Option<String> {
+/// The container's `requests` or `limits` amount of `name`. An unparsable amount never
+/// passed API validation and counts as unset.
+fn resource(container: &Container, which: &str, name: &str) -> Option<Quantity> {
     let resources = container.resources.as_ref()?;
     let map = match which {
         "requests" => resources.requests.as_ref(),
         _ => resources.limits.as_ref(),
     }?;
-    map.get(name).map(|q| q.0.clone())
+    map.get(name).and_then(|q| Quantity::try_from(q).ok())
 }
 
 /// linux.resources: cpu shares from the request (the limit when there is none; 2 for
@@ -222,19 +191,26 @@ fn resource(container: &Container, which: &str, name: &str) -> Option<String> {
 pub fn linux_resources(container: &Container, privileged: bool) -> Value {
     let cpu_request = resource(container, "requests", "cpu")
         .or_else(|| resource(container, "limits", "cpu"))
-        .and_then(|q| parse_cpu_millis(&q));
-    let shares = cpu_request.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+        .map(|q| q.milli_value());
+    // Upstream's MilliCPUToShares bounds: at least 2, at most 262144.
+    let shares = cpu_request
+        .map(|m| (m.saturating_mul(1024) / 1000).clamp(2, 262_144))
+        .unwrap_or(2);
     let mut cpu = json!({"shares": shares});
-    if let Some(limit) = resource(container, "limits", "cpu").and_then(|q| parse_cpu_millis(&q)) {
+    // A zero limit means no quota, as upstream's milliCPUToQuota; otherwise at least 1ms.
+    if let Some(limit) = resource(container, "limits", "cpu")
+        .map(|q| q.milli_value())
+        .filter(|&m| m > 0)
+    {
         let period = 100_000i64;
         cpu["period"] = json!(period);
-        cpu["quota"] = json!((limit * period / 1000).max(1000));
+        cpu["quota"] = json!((limit.saturating_mul(period) / 1000).max(1000));
     }
     let mut out = json!({
         "devices": [{"allow": privileged, "access": "rwm"}],
         "cpu": cpu,
     });
-    if let Some(limit) = resource(container, "limits", "memory").and_then(|q| parse_bytes(&q)) {
+    if let Some(limit) = resource(container, "limits", "memory").map(|q| q.value()) {
         out["memory"] = json!({"limit": limit});
     }
     out
@@ -667,15 +643,25 @@ mod tests {
         assert!(matches!(build(&named), Err(SpecError::Create(_))));
     }
 
+    /// Regression: the f64 parser dropped `n`, `u`, `E` and `Ei` amounts, so a cpu limit of
+    /// `100n` left the container without any CFS quota.
     #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_cpu_millis("500m"), Some(500));
-        assert_eq!(parse_cpu_millis("2"), Some(2000));
-        assert_eq!(parse_cpu_millis("0.1"), Some(100));
-        assert_eq!(parse_bytes("64Mi"), Some(67108864));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1e3"), Some(1000));
-        assert_eq!(parse_bytes("128974848"), Some(128974848));
-        assert_eq!(parse_bytes("bogus"), None);
+    fn cpu_and_memory_limits_in_every_suffix_reach_the_spec() {
+        let resources = |limits: Value| {
+            let p = pod(json!({"name": "c", "image": "i", "resources": {"limits": limits}}));
+            linux_resources(&container_of(&p), false)
+        };
+        let tiny = resources(json!({"cpu": "100n", "memory": "1Ei"}));
+        assert_eq!(tiny["cpu"]["period"], 100_000);
+        assert_eq!(
+            tiny["cpu"]["quota"], 1000,
+            "100n rounds up to 1m; the quota floor is 1ms"
+        );
+        assert_eq!(tiny["cpu"]["shares"], 2);
+        assert_eq!(tiny["memory"]["limit"], 1i64 << 60);
+        let micro = resources(json!({"cpu": "250000u", "memory": "0.5Gi"}));
+        assert_eq!(micro["cpu"]["quota"], 25_000);
+        assert_eq!(micro["cpu"]["shares"], 256);
+        assert_eq!(micro["memory"]["limit"], 1i64 << 29);
     }
 }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Pod;
+use rkube_api::semantics::qos::effective_qos_class;
 use rkube_cri::{labels, ContainerInfo, ContainerState};
 use serde_json::{json, Map, Value};
 
@@ -219,40 +220,6 @@ pub fn phase(pod: &Pod, init: &[ContainerView], regular: &[ContainerView]) -> &'
     }
 }
 
-fn qos_class(pod: &Pod) -> &'static str {
-    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
-    let (mut any, mut guaranteed) = (false, true);
-    for c in containers {
-        let requests = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.clone())
-            .unwrap_or_default();
-        let limits = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.clone())
-            .unwrap_or_default();
-        if !requests.is_empty() || !limits.is_empty() {
-            any = true;
-        }
-        for resource in ["cpu", "memory"] {
-            let limit = limits.get(resource);
-            let request = requests.get(resource).or(limit);
-            if limit.is_none() || request != limit {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 fn condition(
     previous: Option<&Value>,
     kind: &str,
@@ -354,7 +321,11 @@ pub fn pod_status(view: &PodView<'_>, previous: Option<&Value>) -> Value {
         status.insert("reason".into(), json!(pending.reason));
         status.insert("message".into(), json!(pending.message));
     }
-    status.insert("qosClass".into(), json!(qos_class(view.pod)));
+    // Set once by the API server at creation; upstream's kubelet reports it unchanged.
+    status.insert(
+        "qosClass".into(),
+        json!(effective_qos_class(view.pod).as_str()),
+    );
     if !view.init.is_empty() {
         status.insert(
             "initContainerStatuses".into(),
@@ -467,6 +438,46 @@ mod tests {
             phase(&pod("Always"), &init_failed, &[view("a", None)]),
             "Pending"
         );
+    }
+
+    fn view_of(p: &Pod) -> PodView<'_> {
+        PodView {
+            pod: p,
+            init: vec![],
+            regular: vec![view("a", Some(running("1")))],
+            pod_ip: None,
+            host_ip: "127.0.0.1".into(),
+            start_time: None,
+            now: Utc::now(),
+            pending_message: None,
+        }
+    }
+
+    /// Regression: the kubelet compared quantity strings, so `1000m` against `1` was
+    /// Burstable while the API server (and upstream) call the pod Guaranteed.
+    #[test]
+    fn qos_compares_quantities_by_value() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{"name": "a", "image": "i", "resources": {
+                "requests": {"cpu": "1000m", "memory": "1Gi"},
+                "limits": {"cpu": "1", "memory": "1073741824"}}}]}
+        }))
+        .unwrap();
+        assert_eq!(pod_status(&view_of(&p), None)["qosClass"], "Guaranteed");
+    }
+
+    /// Regression: the kubelet recomputed `status.qosClass` and overwrote the class the
+    /// API server set at creation, which upstream never changes afterwards.
+    #[test]
+    fn qos_class_set_by_the_api_server_is_kept() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{"name": "a", "image": "i"}]},
+            "status": {"qosClass": "Burstable"}
+        }))
+        .unwrap();
+        assert_eq!(pod_status(&view_of(&p), None)["qosClass"], "Burstable");
     }
 
     #[test]

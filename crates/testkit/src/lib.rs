@@ -1,9 +1,13 @@
 //! Helpers for tests and benchmarks that need real processes: free loopback ports and a
-//! private etcd started as a child process with its own data directory, stopped by PID.
+//! private etcd started as a child process with its own data directory, stopped by PID;
+//! and the one `wait_for` (poll a condition until a timeout) the repository's tests share.
 
 pub mod containerd;
 pub mod etcd;
 pub mod images;
+pub mod wait;
+
+pub use wait::{poll_until, wait_for};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

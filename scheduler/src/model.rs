@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PreferredSchedulingTerm,
-    Taint, Toleration,
+    Node, NodeSelector, Pod, PreferredSchedulingTerm, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-use crate::quantity::{parse_milli, parse_value};
+use rkube_api::selectors::label_selector_matches;
+use rkube_api::semantics::scheduling::NodeView;
+use rkube_api::Quantity;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -38,14 +38,14 @@ impl Resources {
         for (name, q) in list.into_iter().flatten() {
             // An unparsable quantity never passed API validation; counting it as zero keeps one bad object from
             // stopping the scheduler.
+            let q = Quantity::try_from(q).unwrap_or_default();
             match name.as_str() {
-                "cpu" => r.milli_cpu = parse_milli(&q.0).unwrap_or(0),
-                "memory" => r.memory = parse_value(&q.0).unwrap_or(0),
-                "ephemeral-storage" => r.ephemeral_storage = parse_value(&q.0).unwrap_or(0),
-                "pods" => r.pods = parse_value(&q.0).unwrap_or(0),
+                "cpu" => r.milli_cpu = q.milli_value(),
+                "memory" => r.memory = q.value(),
+                "ephemeral-storage" => r.ephemeral_storage = q.value(),
+                "pods" => r.pods = q.value(),
                 other => {
-                    r.scalar
-                        .insert(other.to_string(), parse_value(&q.0).unwrap_or(0));
+                    r.scalar.insert(other.to_string(), q.value());
                 }
             }
         }
@@ -109,7 +109,8 @@ impl HostPort {
 /// A required pod (anti-)affinity term with its namespaces resolved.
 #[derive(Clone, Debug)]
 pub struct AffinityTerm {
-    pub selector: LabelSelector,
+    /// `None` (no labelSelector) selects no pod, as upstream's conversion of a null selector.
+    pub selector: Option<LabelSelector>,
     /// Namespaces the term's selector applies to; `None` means all (an empty namespaceSelector).
     pub namespaces: Option<Vec<String>>,
     pub topology_key: String,
@@ -121,7 +122,7 @@ impl AffinityTerm {
             .namespaces
             .as_ref()
             .is_none_or(|ns| ns.contains(&pod.namespace));
-        in_namespace && label_selector_matches(&self.selector, &pod.labels)
+        in_namespace && label_selector_matches(self.selector.as_ref(), &pod.labels)
     }
 }
 
@@ -179,7 +180,7 @@ impl PodInfo {
             .into_iter()
             .flatten()
             .map(|term| AffinityTerm {
-                selector: term.label_selector.clone().unwrap_or_default(),
+                selector: term.label_selector.clone(),
                 namespaces: match (&term.namespaces, &term.namespace_selector) {
                     (Some(ns), _) if !ns.is_empty() => Some(ns.clone()),
                     // An empty namespaceSelector selects every namespace. Non-empty ones would need
@@ -348,6 +349,14 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
+    /// What node selectors look at (`rkube_api::semantics::scheduling`).
+    pub fn view(&self) -> NodeView<'_, Labels> {
+        NodeView {
+            name: &self.name,
+            labels: &self.labels,
+        }
+    }
+
     pub fn new(node: &Node) -> NodeFacts {
         let status = node.status.as_ref();
         let spec = node.spec.as_ref();
@@ -372,103 +381,10 @@ impl NodeFacts {
     }
 }
 
-/// Upstream's `Toleration.ToleratesTaint`.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty()) {
-        if key != taint.key {
-            return false;
-        }
-    }
-    match toleration.operator.as_deref() {
-        Some("Exists") => true,
-        None | Some("") | Some("Equal") => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        Some(_) => false,
-    }
-}
-
-pub fn tolerated_by(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
-
-/// metav1.LabelSelector semantics; an empty selector matches everything.
-pub fn label_selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    by_labels
-        && selector.match_expressions.iter().flatten().all(|req| {
-            let value = labels.get(&req.key);
-            let values = req.values.as_deref().unwrap_or(&[]);
-            match req.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
-}
-
-fn node_requirement_matches(req: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = req.values.as_deref().unwrap_or(&[]);
-    let number = |s: &str| s.parse::<i64>().ok();
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(want)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|v| number(v)),
-            ) else {
-                return false;
-            };
-            if req.operator == "Gt" {
-                have > want
-            } else {
-                have < want
-            }
-        }
-        _ => false,
-    }
-}
-
-/// One NodeSelectorTerm: all its expressions and fields must match. A term with neither matches nothing.
-pub fn node_selector_term_matches(term: &NodeSelectorTerm, node: &NodeFacts) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| node_requirement_matches(r, node.labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && node_requirement_matches(r, Some(&node.name)))
-}
-
-/// NodeSelector: the terms are ORed.
-pub fn node_selector_matches(selector: &NodeSelector, node: &NodeFacts) -> bool {
-    selector
-        .node_selector_terms
-        .iter()
-        .any(|t| node_selector_term_matches(t, node))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rkube_api::semantics::scheduling::node_selector_matches;
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> PodInfo {
@@ -497,35 +413,6 @@ mod tests {
     }
 
     #[test]
-    fn toleration_rules_follow_upstream() {
-        let taint = Taint {
-            key: "k".into(),
-            value: Some("v".into()),
-            effect: "NoSchedule".into(),
-            time_added: None,
-        };
-        let tol = |v: serde_json::Value| -> Toleration { serde_json::from_value(v).unwrap() };
-        assert!(tolerates(
-            &tol(json!({"key": "k", "value": "v", "effect": "NoSchedule"})),
-            &taint
-        ));
-        assert!(tolerates(
-            &tol(json!({"key": "k", "operator": "Exists"})),
-            &taint
-        ));
-        assert!(tolerates(&tol(json!({"operator": "Exists"})), &taint));
-        assert!(!tolerates(&tol(json!({"key": "k", "value": "w"})), &taint));
-        assert!(!tolerates(
-            &tol(json!({"key": "k", "operator": "Exists", "effect": "NoExecute"})),
-            &taint
-        ));
-        assert!(!tolerates(
-            &tol(json!({"key": "other", "operator": "Exists"})),
-            &taint
-        ));
-    }
-
-    #[test]
     fn node_selector_operators() {
         let node = NodeFacts {
             name: "n1".into(),
@@ -543,7 +430,7 @@ mod tests {
             serde_json::from_value(json!({"nodeSelectorTerms": [{"matchExpressions": exprs}]}))
                 .unwrap()
         };
-        let m = |exprs| node_selector_matches(&sel(exprs), &node);
+        let m = |exprs| node_selector_matches(&sel(exprs), node.view());
         assert!(m(
             json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}])
         ));
@@ -569,13 +456,60 @@ mod tests {
             json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}),
         )
         .unwrap();
-        assert!(node_selector_matches(&by_field, &node));
+        assert!(node_selector_matches(&by_field, node.view()));
         let ored: NodeSelector = serde_json::from_value(json!({"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z"]}]},
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
         ]}))
         .unwrap();
-        assert!(node_selector_matches(&ored, &node));
+        assert!(node_selector_matches(&ored, node.view()));
+    }
+
+    /// Regression: the scheduler's copy read only the first value of `Gt`/`Lt` and of
+    /// matchFields `In`, where upstream (and the API server's validation) require exactly
+    /// one, and took an unknown field for a mismatch rather than an empty value.
+    #[test]
+    fn malformed_node_selector_requirements_match_nothing() {
+        let node = NodeFacts {
+            name: "n1".into(),
+            labels: [("cores".to_string(), "8".to_string())].into(),
+            taints: vec![],
+            allocatable: Resources::default(),
+            unschedulable: false,
+            readiness: Readiness::Ready,
+        };
+        let m = |term: serde_json::Value| {
+            let sel: NodeSelector =
+                serde_json::from_value(json!({"nodeSelectorTerms": [term]})).unwrap();
+            node_selector_matches(&sel, node.view())
+        };
+        assert!(!m(
+            json!({"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4", "100"]}]})
+        ));
+        assert!(!m(
+            json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1", "n2"]}]})
+        ));
+        assert!(m(
+            json!({"matchFields": [{"key": "spec.other", "operator": "NotIn", "values": ["x"]}]})
+        ));
+    }
+
+    /// Regression: a required anti-affinity term without a labelSelector selected every pod
+    /// in its namespaces; upstream converts a null selector to one that selects nothing.
+    #[test]
+    fn affinity_term_without_selector_matches_no_pod() {
+        let p = pod(
+            json!({"metadata": {"name": "p", "namespace": "d", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "a"}], "affinity": {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname"}]}}}}),
+        );
+        let other = pod(
+            json!({"metadata": {"name": "q", "namespace": "d", "labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "a"}]}}),
+        );
+        assert_eq!(p.required_anti_affinity.len(), 1);
+        assert!(!p.required_anti_affinity[0].matches(&other));
+        assert!(!p.required_anti_affinity[0].matches(&p));
     }
 
     #[test]

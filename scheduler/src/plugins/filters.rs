@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Taint;
+use rkube_api::semantics::scheduling::{required_node_affinity_matches, tolerates};
 
 use super::{CycleState, FilterPlugin, Unfit};
 use crate::cache::{Cache, NodeInfo};
-use crate::model::{node_selector_matches, tolerated_by, PodInfo, Readiness};
+use crate::model::{PodInfo, Readiness};
 
 pub const REASON_UNSCHEDULABLE: &str = "node(s) were unschedulable";
 pub const REASON_NODE_AFFINITY: &str = "node(s) didn't match Pod's node affinity/selector";
@@ -43,7 +44,7 @@ impl FilterPlugin for NodeUnschedulable {
             return Err(Unfit::because(REASON_UNSCHEDULABLE));
         };
         if facts.unschedulable
-            && !tolerated_by(
+            && !tolerates(
                 &pod.tolerations,
                 &no_schedule_taint("node.kubernetes.io/unschedulable"),
             )
@@ -74,7 +75,7 @@ impl FilterPlugin for NodeReady {
             Readiness::NotReady => "node.kubernetes.io/not-ready",
             Readiness::Unknown => "node.kubernetes.io/unreachable",
         };
-        if tolerated_by(&pod.tolerations, &no_schedule_taint(key)) {
+        if tolerates(&pod.tolerations, &no_schedule_taint(key)) {
             Ok(())
         } else {
             Err(untolerated_taint_reason(key, ""))
@@ -95,8 +96,7 @@ impl FilterPlugin for TaintToleration {
             return Ok(());
         };
         let untolerated = facts.taints.iter().find(|t| {
-            (t.effect == "NoSchedule" || t.effect == "NoExecute")
-                && !tolerated_by(&pod.tolerations, t)
+            (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&pod.tolerations, t)
         });
         match untolerated {
             Some(t) => Err(untolerated_taint_reason(
@@ -120,15 +120,11 @@ impl FilterPlugin for NodeAffinity {
         let Some(facts) = &node.facts else {
             return Ok(());
         };
-        let selector_ok = pod
-            .node_selector
-            .iter()
-            .all(|(k, v)| facts.labels.get(k) == Some(v));
-        let affinity_ok = pod
-            .required_node_affinity
-            .as_ref()
-            .is_none_or(|s| node_selector_matches(s, facts));
-        if selector_ok && affinity_ok {
+        if required_node_affinity_matches(
+            Some(&pod.node_selector),
+            pod.required_node_affinity.as_ref(),
+            facts.view(),
+        ) {
             Ok(())
         } else {
             Err(Unfit::because(REASON_NODE_AFFINITY))

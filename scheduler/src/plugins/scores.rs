@@ -2,7 +2,9 @@
 
 use super::{normalize_to_max, CycleState, ScorePlugin, MAX_NODE_SCORE};
 use crate::cache::NodeInfo;
-use crate::model::{node_selector_term_matches, tolerated_by, PodInfo};
+use rkube_api::semantics::scheduling::{node_selector_term_matches, tolerates};
+
+use crate::model::PodInfo;
 
 /// Fewer untolerated PreferNoSchedule taints score higher (upstream TaintToleration, weight 3).
 pub struct PreferNoScheduleTaints;
@@ -21,7 +23,7 @@ impl ScorePlugin for PreferNoScheduleTaints {
         facts
             .taints
             .iter()
-            .filter(|t| t.effect == "PreferNoSchedule" && !tolerated_by(&pod.tolerations, t))
+            .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&pod.tolerations, t))
             .count() as i64
     }
 
@@ -46,7 +48,7 @@ impl ScorePlugin for PreferredNodeAffinity {
         let Some(facts) = &node.facts else { return 0 };
         pod.preferred_node_affinity
             .iter()
-            .filter(|t| t.weight != 0 && node_selector_term_matches(&t.preference, facts))
+            .filter(|t| t.weight != 0 && node_selector_term_matches(&t.preference, facts.view()))
             .map(|t| i64::from(t.weight))
             .sum()
     }

@@ -430,6 +430,17 @@ fn backoff_seconds(message: &str) -> Option<u64> {
     Some(minutes * 60 + seconds)
 }
 
+/// The IPs an Endpoints object lists under `field` (`addresses` or `notReadyAddresses`).
+fn endpoint_ips(endpoints: &Value, field: &str) -> Vec<String> {
+    endpoints["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s[field].as_array().into_iter().flatten())
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Scenarios 3 and 4: crash loops with growing backoff shown as CrashLoopBackOff; a failing
 /// liveness probe restarts the container; a failing readiness probe takes the pod out of
 /// Ready (and out of the Service's ready endpoints) without restarting it.
@@ -548,34 +559,17 @@ spec:
     let ready = cluster.wait_pod("readiness", "Ready", ready_running).await;
     let ip = ready["status"]["podIP"].as_str().unwrap().to_string();
     let endpoints_path = "/api/v1/namespaces/default/endpoints/readiness";
-    // The endpoints controller may not be part of this controller manager yet; when the
-    // Endpoints object shows up, readiness must be reflected in it.
-    let endpoints_deadline = Instant::now() + Duration::from_secs(30);
-    let mut last_endpoints = None;
-    let has_endpoints_controller = loop {
-        if let Some(endpoints) = cluster.get_json(endpoints_path).await {
-            last_endpoints = Some(endpoints.clone());
-            if endpoints.to_string().contains(&ip) {
-                assert!(
-                    endpoints["subsets"][0]["addresses"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|a| a["ip"] == ip.as_str())),
-                    "{endpoints:#}"
-                );
-                break true;
+    cluster
+        .wait("the Endpoints to list the ready pod", WAIT, |c| {
+            let ip = ip.clone();
+            async move {
+                let endpoints = c.get_json(endpoints_path).await?;
+                endpoint_ips(&endpoints, "addresses")
+                    .contains(&ip)
+                    .then_some(())
             }
-        }
-        if Instant::now() > endpoints_deadline {
-            // An Endpoints object means the controller runs, and then it must list the pod.
-            assert!(
-                last_endpoints.is_none(),
-                "the Endpoints never listed the ready pod {ip}: {last_endpoints:#?}"
-            );
-            eprintln!("no Endpoints for the readiness Service: skipping the endpoints checks");
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        })
+        .await;
     cluster
         .kubectl_ok(&["exec", "readiness", "--", "rm", "/tmp/ready"])
         .await;
@@ -591,24 +585,17 @@ spec:
     assert_eq!(restart_count(&unready), 0);
     assert_eq!(unready["status"]["containerStatuses"][0]["ready"], false);
     assert!(unready["status"]["containerStatuses"][0]["state"]["running"].is_object());
-    if has_endpoints_controller {
-        cluster
-            .wait("the pod to leave the ready endpoints", WAIT, |c| {
-                let ip = ip.clone();
-                async move {
-                    let endpoints = c.get_json(endpoints_path).await?;
-                    let ready_ips: Vec<&Value> = endpoints["subsets"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
-                        .map(|a| &a["ip"])
-                        .collect();
-                    (!ready_ips.iter().any(|a| *a == ip.as_str())).then_some(())
-                }
-            })
-            .await;
-    }
+    cluster
+        .wait("the pod to move to the not-ready endpoints", WAIT, |c| {
+            let ip = ip.clone();
+            async move {
+                let endpoints = c.get_json(endpoints_path).await?;
+                (!endpoint_ips(&endpoints, "addresses").contains(&ip)
+                    && endpoint_ips(&endpoints, "notReadyAddresses").contains(&ip))
+                .then_some(())
+            }
+        })
+        .await;
     // And back.
     cluster
         .kubectl_ok(&["exec", "readiness", "--", "touch", "/tmp/ready"])
@@ -1144,4 +1131,170 @@ async fn kubectl_in_pty(cluster: &NodeCluster, args: &[&str]) -> (Option<i32>, S
             String::from_utf8_lossy(&output.stderr)
         ),
     )
+}
+
+/// `kubectl port-forward` runs as a child until it prints its "Forwarding from" line.
+struct PortForward {
+    child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+    local_port: u16,
+}
+
+impl PortForward {
+    /// `kubectl port-forward <target> <free local port>:<remote>`; `websockets: false`
+    /// makes kubectl skip the WebSocket tunnel and speak plain SPDY.
+    async fn start(cluster: &NodeCluster, target: &str, remote: &str, websockets: bool) -> Self {
+        let local_port = rkube_e2e::free_port().expect("a free port");
+        let mapping = format!("{local_port}:{remote}");
+        // -v=4 logs which dialer kubectl ends up with.
+        let mut command = cluster.kubectl_command(&["port-forward", "-v=4", target, &mapping]);
+        command
+            .env(
+                "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                if websockets { "true" } else { "false" },
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawning kubectl port-forward");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = tokio::spawn(async move {
+            let mut all = String::new();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let ready = format!("Forwarding from 127.0.0.1:{local_port} -> ");
+        let waited = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if line.starts_with(&ready) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let forward = PortForward {
+            child,
+            stderr,
+            local_port,
+        };
+        if waited != Ok(true) {
+            let output = forward.stop().await;
+            panic!("kubectl port-forward {target} {mapping} did not start: {output}");
+        }
+        // Keep draining stdout ("Handling connection for ...") so kubectl never blocks.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        forward
+    }
+
+    async fn get(&self, path: &str) -> String {
+        let address = format!("127.0.0.1:{}", self.local_port);
+        http_get(&address, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET http://{address}{path}: {e}"))
+    }
+
+    /// Kills kubectl (by its PID, through its handle) and returns its stderr.
+    async fn stop(mut self) -> String {
+        let _ = self.child.kill().await;
+        self.stderr.await.unwrap_or_default()
+    }
+}
+
+/// `kubectl port-forward` to a pod and to a Service (kubectl resolves the Service to a pod
+/// and its named target port), through the API server's proxy to the kubelet, which
+/// connects inside the pod's network namespace: over kubectl's default SPDY-in-WebSocket
+/// tunnel and over plain SPDY. Several connections share one forward; a closed port is
+/// reported back to kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_to_a_pod_and_a_service() {
+    let cluster = start().await;
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {IMAGE}
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - mkdir -p /www && echo "forwarded to $POD_NAME" > /www/index.html && exec httpd -f -p 80 -h /www
+    env:
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    ports:
+    - {{name: http, containerPort: 80}}
+    readinessProbe:
+      httpGet: {{path: /index.html, port: 80}}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports:
+  - {{port: 8080, targetPort: http}}
+"#
+        ))
+        .await;
+    cluster.wait_pod("web", "Ready", ready_running).await;
+
+    for (target, remote, websockets) in [
+        ("pod/web", "80", true),
+        ("pod/web", "80", false),
+        ("svc/web", "8080", true),
+    ] {
+        let forward = PortForward::start(&cluster, target, remote, websockets).await;
+        for _ in 0..3 {
+            let response = forward.get("/index.html").await;
+            assert!(
+                response.starts_with("HTTP/1.") && response.contains(" 200 "),
+                "{target} (websockets: {websockets}): {response}"
+            );
+            assert!(
+                response.contains("forwarded to web"),
+                "{target} (websockets: {websockets}): {response}"
+            );
+        }
+        let missing = forward.get("/missing").await;
+        assert!(missing.contains(" 404 "), "{missing}");
+        let log = forward.stop().await;
+        // kubectl falls back to plain SPDY silently when the tunnel fails.
+        let tunnelled = log.contains("Before WebSocket Upgrade Connection")
+            && !log.contains("fallback to secondary dialer");
+        assert_eq!(
+            tunnelled, websockets,
+            "{target} (websockets: {websockets}): {log}"
+        );
+    }
+
+    // Nothing listens on 81 in the pod: the kubelet's error reaches kubectl, which gives
+    // up the forward.
+    let mut forward = PortForward::start(&cluster, "pod/web", "81", true).await;
+    let address = format!("127.0.0.1:{}", forward.local_port);
+    let _ = http_get(&address, "/").await;
+    let exited = tokio::time::timeout(WAIT, forward.child.wait()).await;
+    let stderr = forward.stop().await;
+    assert!(
+        exited.is_ok(),
+        "kubectl kept forwarding a closed port: {stderr}"
+    );
+    assert!(
+        stderr.contains("error forwarding port 81 to pod default/web")
+            && stderr.contains("failed to connect to localhost:81 inside namespace"),
+        "{stderr}"
+    );
 }

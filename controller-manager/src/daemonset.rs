@@ -19,6 +19,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use rkube_api::semantics::scheduling::{pod_fits_node_affinity, tolerates, NodeView};
 use rkube_runtime::{
     object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
     EventRecorder, Expectations, WorkQueue,
@@ -26,7 +27,7 @@ use rkube_runtime::{
 use tokio::task::JoinSet;
 
 use crate::deployment::pod_template_hash;
-use crate::nodelifecycle::{toleration_matches, TAINT_NOT_READY, TAINT_UNREACHABLE};
+use crate::nodelifecycle::{TAINT_NOT_READY, TAINT_UNREACHABLE};
 use crate::util::{
     controller_owner_ref, enqueue_controller_of, enqueue_own_key, is_terminating, key_of,
     observe_pod_among, patch_status_if_changed, pod_is_available, pod_is_ready, pods_controlled_by,
@@ -123,66 +124,11 @@ fn daemon_tolerations(existing: Option<Vec<Toleration>>, host_network: bool) -> 
     tolerations
 }
 
-fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = req.values.as_deref().unwrap_or(&[]);
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let have = value.and_then(|v| v.parse::<i64>().ok());
-            let want = values.first().and_then(|v| v.parse::<i64>().ok());
-            match (have, want) {
-                (Some(h), Some(w)) if req.operator == "Gt" => h > w,
-                (Some(h), Some(w)) => h < w,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.labels();
-    let name = node.name_any();
-    let expressions = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-}
-
 /// (should run a new daemon pod here, may keep an existing one), as upstream's
 /// NodeShouldRunDaemonPod: node selector and required affinity must match; untolerated
 /// NoSchedule taints stop new pods, untolerated NoExecute taints also evict old ones.
 pub fn node_should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
-    let labels = node.labels();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|sel| {
-            sel.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, node))
-        });
-    if !selector_ok || !affinity_ok {
+    if !pod_fits_node_affinity(spec, NodeView::of(node)) {
         return (false, false);
     }
     let tolerations =
@@ -196,7 +142,7 @@ pub fn node_should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
         taints
             .iter()
             .filter(|t| t.effect == effect)
-            .any(|t| !tolerations.iter().any(|tol| toleration_matches(tol, t)))
+            .any(|t| !tolerates(&tolerations, t))
     };
     let evicted = untolerated("NoExecute");
     (!evicted && !untolerated("NoSchedule"), !evicted)
@@ -542,6 +488,27 @@ mod tests {
         let affinity: PodSpec = serde_json::from_value(json!({"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             {"nodeSelectorTerms": [{"matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["web"]}]}]}}}})).unwrap();
         assert_eq!(node_should_run(&affinity, &plain), (false, false));
+    }
+
+    /// Regression: the DaemonSet controller's own copy of node-selector matching read only
+    /// the first value of `Gt` and of matchFields `In`; upstream (and the scheduler, which
+    /// places the pod) treat such a term as malformed, so it matches no node.
+    #[test]
+    fn malformed_affinity_terms_match_no_node() {
+        let plain = node(json!({"metadata": {"name": "n1", "labels": {"cores": "8"}}}));
+        let with_term = |term: serde_json::Value| -> PodSpec {
+            serde_json::from_value(json!({"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}))
+            .unwrap()
+        };
+        let gt_two_values = with_term(
+            json!({"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4", "100"]}]}),
+        );
+        assert_eq!(node_should_run(&gt_two_values, &plain), (false, false));
+        let fields_two_values = with_term(
+            json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1", "n2"]}]}),
+        );
+        assert_eq!(node_should_run(&fields_two_values, &plain), (false, false));
     }
 
     #[test]

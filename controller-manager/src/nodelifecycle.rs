@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
+use rkube_api::semantics::scheduling::toleration_tolerates;
 use rkube_runtime::{
     object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
     EventRecorder, EventType, WorkQueue,
@@ -143,27 +144,6 @@ fn no_execute_taints(node: &Node) -> Vec<Taint> {
         .unwrap_or_default()
 }
 
-/// Upstream's `Toleration.ToleratesTaint`.
-pub fn toleration_matches(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty()) {
-        if key != taint.key {
-            return false;
-        }
-    }
-    match toleration.operator.as_deref() {
-        Some("Exists") => true,
-        None | Some("") | Some("Equal") => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        Some(_) => false,
-    }
-}
-
 /// How long a pod may stay on a node with these NoExecute taints: `None` forever,
 /// `Some(0)` not at all. A pod without a toleration for the unreachable or not-ready taint
 /// is treated as tolerating it for the default seconds (upstream's DefaultTolerationSeconds
@@ -178,7 +158,7 @@ pub fn toleration_seconds(
     for taint in taints {
         let matching: Vec<&Toleration> = tolerations
             .iter()
-            .filter(|t| toleration_matches(t, taint))
+            .filter(|t| toleration_tolerates(t, taint))
             .collect();
         if matching.is_empty() {
             match taint.key.as_str() {

@@ -38,23 +38,7 @@ pub fn now() -> Time {
 /// Whether `labels` satisfy `selector` (matchLabels and matchExpressions). An empty
 /// selector matches everything, as upstream's LabelSelectorAsSelector does.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|req| {
-        let values = req.values.as_deref().unwrap_or_default();
-        let current = labels.get(&req.key);
-        match req.operator.as_str() {
-            "In" => current.is_some_and(|v| values.contains(v)),
-            "NotIn" => current.is_none_or(|v| !values.contains(v)),
-            "Exists" => current.is_some(),
-            "DoesNotExist" => current.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
+    rkube_api::selectors::label_selector_matches(Some(selector), labels)
 }
 
 /// Whether a selector selects nothing on purpose (upstream treats a nil selector so).
@@ -425,6 +409,15 @@ mod tests {
             values: None,
         }]);
         assert!(selector_matches(&sel, &labels));
+        // Regression: a malformed expression (NotIn without values) matched every pod here,
+        // while the API server's matcher (and upstream's LabelSelectorAsSelector) select
+        // nothing with it.
+        sel.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "zone".into(),
+            operator: "NotIn".into(),
+            values: None,
+        }]);
+        assert!(!selector_matches(&sel, &labels));
     }
 
     #[test]

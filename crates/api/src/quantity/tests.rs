@@ -260,7 +260,7 @@ fn compares_by_value() {
     assert!(q("1e400") > q("9Ei"));
     assert!(q("-1e400") < q("-1n"));
     assert!(!q("-0").is_negative());
-    let mut sorted = vec![q("1"), q("999m"), q("1n"), q("-1"), q("1Ki")];
+    let mut sorted = [q("1"), q("999m"), q("1n"), q("-1"), q("1Ki")];
     sorted.sort();
     let printed: Vec<String> = sorted.iter().map(Quantity::to_string).collect();
     assert_eq!(printed, ["-1", "1n", "999m", "1", "1Ki"]);

@@ -130,15 +130,14 @@ async fn bridge(socket: WebSocket, pipe: tokio::io::DuplexStream) {
     let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
     let from_client = async {
         while let Some(Ok(message)) = source.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if pipe_write.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+            let data = match message {
+                Message::Binary(data) => data,
                 Message::Close(_) => break,
                 // Pings are answered by the WebSocket layer; text has no meaning here.
-                _ => {}
+                _ => continue,
+            };
+            if pipe_write.write_all(&data).await.is_err() {
+                break;
             }
         }
         let _ = pipe_write.shutdown().await;
@@ -378,7 +377,7 @@ impl Session {
     }
 
     async fn stream_opened(&mut self, stream_id: u32, headers: &Headers) {
-        if stream_id % 2 == 0 || self.going_away {
+        if stream_id & 1 == 0 || self.going_away {
             self.send(Frame::RstStream {
                 stream_id,
                 status: spdy::RST_PROTOCOL_ERROR,

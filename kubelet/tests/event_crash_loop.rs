@@ -5,19 +5,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::ApiServer;
+use common::{spawn_kubelet, FakeNode, FAKE_IMAGE};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::Client;
-use rkube_cri::fake::{FakeImageService, FakeRuntime};
-use rkube_cri::fake_network::FakeNetwork;
 use rkube_cri::{labels, ContainerRuntime, ContainerState};
-use rkubelet::{KubeletConfig, NodeRuntime};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 const NODE: &str = "crash-loop-node";
 const RESTARTS: i32 = 30;
@@ -47,47 +42,22 @@ async fn restart_count(pods: &Api<Pod>) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ApiServer::start(dir.path().join("store")).await;
-    let client = server.client.clone();
-
-    let runtime = FakeRuntime::new();
-    let images = FakeImageService::new();
-    images.add_image("busybox:1.36").unwrap();
-    let node_runtime = NodeRuntime {
-        runtime: Arc::new(runtime.clone()),
-        images: Arc::new(images),
-        network: Arc::new(FakeNetwork::new("10.244.9.0/24").unwrap()),
-        version: "fake://0.1.0".into(),
-    };
-    let mut config = KubeletConfig::new(
-        client.clone(),
-        NODE,
-        dir.path().join("kubelet"),
-        node_runtime,
-    );
-    config.pod_cidr = Some("10.244.9.0/24".into());
+    let node = FakeNode::start(NODE, "10.244.9.0/24").await;
+    let client = node.client.clone();
+    let runtime = node.runtime.clone();
+    let mut config = node.kubelet_config();
     // Upstream's 10 s doubling to 5 min, scaled down so that 30 restarts take seconds.
     config.backoff_initial = Duration::from_millis(10);
     config.backoff_max = Duration::from_millis(40);
-    let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop_kubelet, kubelet_stopped) = oneshot::channel::<()>();
-    let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
-        let _ = kubelet_stopped.await;
-    }));
+    let kubelet = spawn_kubelet(config).await;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "crasher"},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox:1.36"}]}
-    }))
-    .unwrap();
-    let uid = pods
-        .create(&PostParams::default(), &pod)
+    let pods = node.pods();
+    let uid = node
+        .create_pod(json!({
+            "metadata": {"name": "crasher"},
+            "spec": {"containers": [{"name": "app", "image": FAKE_IMAGE}]}
+        }))
         .await
-        .unwrap()
         .metadata
         .uid
         .unwrap();
@@ -155,7 +125,6 @@ async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
             .collect::<Vec<_>>()
     );
 
-    let _ = stop_kubelet.send(());
-    kubelet.await.unwrap().unwrap();
-    server.stop().await;
+    kubelet.stop().await;
+    node.stop().await;
 }

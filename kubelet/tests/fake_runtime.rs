@@ -2,146 +2,51 @@
 //! from rkube-cri: node registration, pods going Running/Ready, crash loops with growing
 //! backoff, configuration errors, pull failures, and the deletion flow.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{spawn_kubelet, wait_for_status, FakeNode, RunningKubelet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::Client;
-use rkube_cri::fake::{ExecOutcome, FakeImageService, FakeRuntime};
-use rkube_cri::fake_network::FakeNetwork;
-use rkube_cri::{labels, ContainerRuntime, ContainerState, PodNetwork};
-use rkubelet::{KubeletConfig, NodeRuntime};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use rkube_cri::fake::ExecOutcome;
+use rkube_cri::{labels, ContainerState, PodNetwork};
+use rkubelet::KubeletConfig;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 const NODE: &str = "node-under-test";
 
+/// A kubelet on a fake node, with short intervals.
 struct Harness {
-    client: Client,
-    runtime: FakeRuntime,
-    images: FakeImageService,
-    network: Arc<FakeNetwork>,
-    kubelet_port: u16,
-    stop_kubelet: Option<oneshot::Sender<()>>,
-    kubelet: Option<tokio::task::JoinHandle<Result<(), rkubelet::KubeletError>>>,
-    stop_server: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    node: FakeNode,
+    kubelet: RunningKubelet,
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = rkube_apiserver::Config::new(rkube_apiserver::StorageConfig::Embedded {
-            data_dir: dir.path().join("store"),
-        });
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        tokio::spawn(rkube_apiserver::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        while namespaces.get("kube-node-lease").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let runtime = FakeRuntime::new();
-        let images = FakeImageService::new();
-        images.add_image("busybox:1.36").unwrap();
-        let network = Arc::new(FakeNetwork::new("10.244.7.0/24").unwrap());
-        let node_runtime = NodeRuntime {
-            runtime: Arc::new(runtime.clone()),
-            images: Arc::new(images.clone()),
-            network: network.clone(),
-            version: "fake://0.1.0".into(),
-        };
-        let mut config = KubeletConfig::new(
-            client.clone(),
-            NODE,
-            dir.path().join("kubelet"),
-            node_runtime,
-        );
-        config.pod_cidr = Some("10.244.7.0/24".into());
+        let node = FakeNode::start(NODE, "10.244.7.0/24").await;
+        let kubelet = spawn_kubelet(Harness::config(&node)).await;
+        Harness { node, kubelet }
+    }
+
+    fn config(node: &FakeNode) -> KubeletConfig {
+        let mut config = node.kubelet_config();
         config.lease_renew_interval = Duration::from_millis(500);
         config.backoff_initial = Duration::from_secs(1);
         config.backoff_max = Duration::from_secs(8);
         config.resync_interval = Duration::from_secs(2);
-        let kubelet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let kubelet_port = kubelet_listener.local_addr().unwrap().port();
-        let (stop_kubelet, stop) = oneshot::channel::<()>();
-        let kubelet = tokio::spawn(rkubelet::run(config, kubelet_listener, async move {
-            let _ = stop.await;
-        }));
-        Harness {
-            client,
-            runtime,
-            images,
-            network,
-            kubelet_port,
-            stop_kubelet: Some(stop_kubelet),
-            kubelet: Some(kubelet),
-            stop_server: Some(stop_server),
-            _dir: dir,
-        }
+        config
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop_kubelet.take() {
-            let _ = stop.send(());
-        }
-        if let Some(kubelet) = self.kubelet.take() {
-            kubelet.await.unwrap().unwrap();
-        }
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
+    async fn stop(self) {
+        self.kubelet.stop().await;
+        self.node.stop().await;
     }
 
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    async fn create_pod(&self, pod: Value) -> Pod {
-        let mut pod = pod;
-        pod["apiVersion"] = json!("v1");
-        pod["kind"] = json!("Pod");
-        pod["spec"]["nodeName"] = json!(NODE);
-        let pod: Pod = serde_json::from_value(pod).unwrap();
-        self.pods()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap()
-    }
-
-    /// Polls the pod until `check` accepts its status (as JSON); fails after a minute.
     async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let pod = self.pods().get_opt(name).await.unwrap();
-            let status = pod
-                .map(|p| serde_json::to_value(p.status).unwrap())
-                .unwrap_or(Value::Null);
-            if check(&status) {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pod {name} never got {what}; last status: {status:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn containers_of(&self, pod_uid: &str) -> Vec<rkube_cri::ContainerInfo> {
-        self.runtime
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.labels.get(labels::POD_UID).map(String::as_str) == Some(pod_uid))
-            .collect()
+        wait_for_status(&self.node.pods(), name, what, check).await
     }
 }
 
@@ -152,6 +57,25 @@ fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == kind)
 }
 
+/// A pod condition type only the test writes.
+const MARKER: &str = "TestMarker";
+
+async fn add_marker_condition(pods: &Api<Pod>, name: &str) {
+    let pod = pods.get_status(name).await.unwrap();
+    let status = serde_json::to_value(pod.status).unwrap();
+    let mut conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    conditions.push(json!({"type": MARKER, "status": "True"}));
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": conditions}})),
+    )
+    .await
+    .unwrap();
+    let marked = serde_json::to_value(pods.get_status(name).await.unwrap().status).unwrap();
+    assert!(condition(&marked, MARKER).is_some(), "{marked:#}");
+}
+
 fn is_true(status: &Value, kind: &str) -> bool {
     condition(status, kind).is_some_and(|c| c["status"] == "True")
 }
@@ -159,7 +83,7 @@ fn is_true(status: &Value, kind: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     let h = Harness::start().await;
-    let nodes: Api<Node> = Api::all(h.client.clone());
+    let nodes: Api<Node> = Api::all(h.node.client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let node = loop {
         if let Some(node) = nodes.get_opt(NODE).await.unwrap() {
@@ -176,7 +100,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     };
     assert_eq!(
         node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
-        h.kubelet_port
+        h.kubelet.port
     );
     assert_eq!(
         condition(&node["status"], "Ready").unwrap()["reason"],
@@ -193,11 +117,11 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         .as_str()
         .unwrap()
         .ends_with("Ki"));
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), "kube-node-lease");
+    let leases: Api<Lease> = Api::namespaced(h.node.client.clone(), "kube-node-lease");
     let lease = leases.get(NODE).await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(NODE));
 
-    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.node.client.clone(), "default");
     config_maps
         .create(
             &PostParams::default(),
@@ -208,7 +132,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         )
         .await
         .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(h.node.client.clone(), "default");
     secrets
         .create(
             &PostParams::default(),
@@ -222,7 +146,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     // Readiness probes run through exec; the first ones fail, later ones pass.
     let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = attempts.clone();
-    h.runtime.set_exec_handler(move |_, config| {
+    h.node.runtime.set_exec_handler(move |_, config| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ExecOutcome {
             exit_code: if config.command == ["ready"] && n >= 2 {
@@ -233,7 +157,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
             ..ExecOutcome::default()
         }
     });
-    let pod = h
+    let pod = h.node
         .create_pod(json!({
             "metadata": {"name": "web"},
             "spec": {
@@ -259,13 +183,14 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let init_id = loop {
         let init = h
+            .node
             .containers_of(&uid)
             .await
             .into_iter()
             .find(|c| c.labels[labels::CONTAINER_NAME] == "setup");
         if let Some(init) = init {
             assert_eq!(
-                h.containers_of(&uid).await.len(),
+                h.node.containers_of(&uid).await.len(),
                 1,
                 "main container started before init finished"
             );
@@ -287,7 +212,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         waiting["containerStatuses"][0]["state"]["waiting"]["reason"],
         "PodInitializing"
     );
-    h.runtime.exit(&init_id, 0).unwrap();
+    h.node.runtime.exit(&init_id, 0).unwrap();
 
     let status = h
         .wait_for("web", "Running and Ready", |s| {
@@ -320,7 +245,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         .strip_prefix("containerd://")
         .unwrap()
         .to_string();
-    let spec = serde_json::to_value(&h.runtime.config(&id).unwrap().spec).unwrap();
+    let spec = serde_json::to_value(&h.node.runtime.config(&id).unwrap().spec).unwrap();
     assert_eq!(
         spec["process"]["args"],
         json!(["httpd", "-f", "-p", "8080"])
@@ -378,7 +303,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     }
 
     // The kubelet's HTTP server answers for this pod.
-    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", h.kubelet_port))
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", h.kubelet.port))
         .await
         .unwrap();
     assert!(health.status().is_success());
@@ -388,7 +313,7 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
     let h = Harness::start().await;
-    let pod = h
+    let pod = h.node
         .create_pod(json!({
             "metadata": {"name": "crasher"},
             "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "app", "image": "busybox:1.36", "command": ["false"]}]}
@@ -398,12 +323,13 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
     let mut backoffs: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while backoffs.len() < 3 {
-        for c in h.containers_of(&uid).await {
+        for c in h.node.containers_of(&uid).await {
             if matches!(c.state, ContainerState::Running { .. }) {
-                h.runtime.exit(&c.id, 1).unwrap();
+                h.node.runtime.exit(&c.id, 1).unwrap();
             }
         }
         let status = h
+            .node
             .pods()
             .get("crasher")
             .await
@@ -438,6 +364,7 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
     assert!(backoffs[1].starts_with("back-off 2s"), "{backoffs:?}");
     assert!(backoffs[2].starts_with("back-off 4s"), "{backoffs:?}");
     let restarts = h
+        .node
         .pods()
         .get("crasher")
         .await
@@ -449,11 +376,12 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
         .restart_count;
     assert!(restarts >= 3, "restartCount {restarts}");
     // At most the current and the previous instance are kept.
-    assert!(h.containers_of(&uid).await.len() <= 2);
+    assert!(h.node.containers_of(&uid).await.len() <= 2);
 
     // Let it run, then delete it: SIGTERM stops it, and the kubelet removes the pod.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !h
+        .node
         .containers_of(&uid)
         .await
         .iter()
@@ -462,13 +390,14 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
         assert!(tokio::time::Instant::now() < deadline, "never restarted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(h.network.allocated(), 1);
-    h.pods()
+    assert_eq!(h.node.network.allocated(), 1);
+    h.node
+        .pods()
         .delete("crasher", &DeleteParams::default())
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while h.pods().get_opt("crasher").await.unwrap().is_some() {
+    while h.node.pods().get_opt("crasher").await.unwrap().is_some() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "pod was never removed"
@@ -476,29 +405,29 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        h.containers_of(&uid).await.is_empty(),
+        h.node.containers_of(&uid).await.is_empty(),
         "containers left behind"
     );
-    assert_eq!(h.network.status(&uid).await.unwrap(), None);
+    assert_eq!(h.node.network.status(&uid).await.unwrap(), None);
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_specs_give_clear_waiting_reasons() {
     let h = Harness::start().await;
-    h.images.set_registry(&["busybox:1.36"]).unwrap();
-    h.create_pod(json!({
+    h.node.images.set_registry(&["busybox:1.36"]).unwrap();
+    h.node.create_pod(json!({
         "metadata": {"name": "no-config"},
         "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sh"],
             "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "k"}}}]}]}
     }))
     .await;
-    h.create_pod(json!({
+    h.node.create_pod(json!({
         "metadata": {"name": "no-image"},
         "spec": {"containers": [{"name": "app", "image": "example.invalid/nothing:1", "imagePullPolicy": "Always"}]}
     }))
     .await;
-    h.create_pod(json!({
+    h.node.create_pod(json!({
         "metadata": {"name": "never"},
         "spec": {"containers": [{"name": "app", "image": "absent:2", "imagePullPolicy": "Never"}]}
     }))
@@ -525,7 +454,7 @@ async fn bad_specs_give_clear_waiting_reasons() {
         "Back-off pulling image \"example.invalid/nothing:1\""
     );
     let events: Api<k8s_openapi::api::core::v1::Event> =
-        Api::namespaced(h.client.clone(), "default");
+        Api::namespaced(h.node.client.clone(), "default");
     let failed: Vec<String> = events
         .list(&Default::default())
         .await
@@ -559,7 +488,7 @@ async fn bad_specs_give_clear_waiting_reasons() {
     );
 
     // Creating the missing ConfigMap lets the first pod start.
-    let config_maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.node.client.clone(), "default");
     config_maps
         .create(
             &PostParams::default(),
@@ -576,7 +505,7 @@ async fn bad_specs_give_clear_waiting_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
     let h = Harness::start().await;
-    let job = h
+    let job = h.node
         .create_pod(json!({
             "metadata": {"name": "job"},
             "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox:1.36", "command": ["false"]}]}
@@ -586,12 +515,13 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(c) = h
+            .node
             .containers_of(&uid)
             .await
             .into_iter()
             .find(|c| matches!(c.state, ContainerState::Running { .. }))
         {
-            h.runtime.exit(&c.id, 3).unwrap();
+            h.node.runtime.exit(&c.id, 3).unwrap();
             break;
         }
         assert!(tokio::time::Instant::now() < deadline);
@@ -608,14 +538,16 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
         condition(&status, "Ready").unwrap()["reason"],
         "PodCompleted"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sync that saw the exit wrote this status after acting, from what the runtime ran
+    // then: had it restarted the container, the pod would be Running. (That a later sync
+    // does not restart it either is checked below, across a kubelet restart.)
     assert_eq!(
-        h.containers_of(&uid).await.len(),
+        h.node.containers_of(&uid).await.len(),
         1,
         "restartPolicy Never must not restart"
     );
 
-    h.create_pod(json!({"metadata": {"name": "long"}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sleep"]}]}})).await;
+    h.node.create_pod(json!({"metadata": {"name": "long"}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sleep"]}]}})).await;
     let before = h
         .wait_for("long", "Running", |s| {
             s["phase"] == "Running" && is_true(s, "Ready")
@@ -623,55 +555,22 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
         .await;
     let id_before = before["containerStatuses"][0]["containerID"].clone();
 
-    // A new kubelet on the same runtime adopts the running container.
-    let Harness {
-        client,
-        runtime,
-        images,
-        network,
-        stop_kubelet,
-        kubelet,
-        stop_server,
-        _dir,
-        ..
-    } = h;
-    let _ = stop_kubelet.unwrap().send(());
-    kubelet.unwrap().await.unwrap().unwrap();
-    let node_runtime = NodeRuntime {
-        runtime: Arc::new(runtime.clone()),
-        images: Arc::new(images.clone()),
-        network: network.clone(),
-        version: "fake://0.1.0".into(),
-    };
-    let config = KubeletConfig::new(
-        client.clone(),
-        NODE,
-        _dir.path().join("kubelet"),
-        node_runtime,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let kubelet_port = listener.local_addr().unwrap().port();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(rkubelet::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    let h = Harness {
-        client,
-        runtime,
-        images,
-        network,
-        kubelet_port,
-        stop_kubelet: Some(stop_tx),
-        kubelet: Some(task),
-        stop_server,
-        _dir,
-    };
+    // A new kubelet on the same runtime adopts the running container. Each pod gets a
+    // condition no kubelet writes: the new kubelet's first status write for the pod, made
+    // after its first sync of it acted, drops it.
+    let Harness { node, kubelet } = h;
+    kubelet.stop().await;
+    for name in ["job", "long"] {
+        add_marker_condition(&node.pods(), name).await;
+    }
+    let kubelet = spawn_kubelet(node.kubelet_config()).await;
+    let h = Harness { node, kubelet };
     // The new kubelet reports the node with its new port, then the same container.
-    let nodes: Api<Node> = Api::all(h.client.clone());
+    let nodes: Api<Node> = Api::all(h.node.client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let node = serde_json::to_value(nodes.get(NODE).await.unwrap()).unwrap();
-        if node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == h.kubelet_port {
+        if node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == h.kubelet.port {
             break;
         }
         assert!(
@@ -680,14 +579,22 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = h
-        .wait_for("long", "Running", |s| s["phase"] == "Running")
+    let finished = h
+        .wait_for("job", "a status from the new kubelet", |s| {
+            condition(s, MARKER).is_none()
+        })
         .await;
+    assert_eq!(finished["phase"], "Failed");
+    let after = h
+        .wait_for("long", "a status from the new kubelet", |s| {
+            condition(s, MARKER).is_none()
+        })
+        .await;
+    assert_eq!(after["phase"], "Running");
     assert_eq!(after["containerStatuses"][0]["containerID"], id_before);
     assert_eq!(after["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(after["podIP"], before["podIP"]);
-    let running = h.containers_of(&uid).await;
+    let running = h.node.containers_of(&uid).await;
     assert_eq!(
         running.len(),
         1,

@@ -7,61 +7,19 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use common::one_container_info;
-use rkube_cri::{
-    ContainerConfig, ContainerInfo, ContainerRuntime, ExecConfig, ExecIo, LogPaths, RuntimeError,
-    RuntimeEvent,
-};
+use common::ScriptedRuntime;
+use rkube_cri::{ContainerRuntime, LogPaths};
 use rkubelet::logrotate::{rotate, CollapseRange, RotationPolicy};
 use rkubelet::server::{router, KubeletApi, LookupError};
-use tokio::sync::broadcast;
 
 const CONTAINER_ID: &str = "writer-1";
 
-/// One container, running until `stop`.
-struct OneContainer {
-    stopped: AtomicBool,
-    events: broadcast::Sender<RuntimeEvent>,
-}
-
-#[async_trait]
-impl ContainerRuntime for OneContainer {
-    async fn create(&self, _config: ContainerConfig) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn start(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn signal(&self, _id: &str, _signal: u32) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn remove(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, id: &str) -> rkube_cri::Result<ContainerInfo> {
-        if id != CONTAINER_ID {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
-        Ok(one_container_info(id, self.stopped.load(Ordering::SeqCst)))
-    }
-    async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
-        Ok(vec![self.status(CONTAINER_ID).await?])
-    }
-    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.events.subscribe()
-    }
-    async fn exec(&self, id: &str, _config: ExecConfig, _io: ExecIo) -> rkube_cri::Result<i32> {
-        Err(RuntimeError::NotFound(id.to_string()))
-    }
-}
-
 /// Pod `default/app`; instance 1 is current, instance 0 the previous.
 struct FakeKubelet {
-    runtime: Arc<OneContainer>,
+    runtime: Arc<ScriptedRuntime>,
     dir: PathBuf,
 }
 
@@ -112,10 +70,7 @@ struct Harness {
 async fn start() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let kubelet = Arc::new(FakeKubelet {
-        runtime: Arc::new(OneContainer {
-            stopped: AtomicBool::new(false),
-            events: broadcast::channel(4).0,
-        }),
+        runtime: Arc::new(ScriptedRuntime::new(CONTAINER_ID)),
         dir: dir.path().to_path_buf(),
     });
     for instance in [0, 1] {
@@ -198,11 +153,7 @@ async fn a_follower_continues_across_rotations_without_losing_or_repeating_lines
         rotations >= 20,
         "only {rotations} rotations while following"
     );
-    harness
-        .kubelet
-        .runtime
-        .stopped
-        .store(true, Ordering::SeqCst);
+    harness.kubelet.runtime.stop();
     let body = body.await.unwrap().unwrap();
     assert!(body == lines(0..60_000), "follow lost or repeated lines");
 }

@@ -1,89 +1,52 @@
 //! Probes against real local servers: an axum app for httpGet, TCP listeners, and a
 //! scripted runtime for exec.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use common::ScriptedRuntime;
 use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, HTTPHeader, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rkube_cri::{
-    ContainerConfig, ContainerInfo, ContainerRuntime, ExecConfig, ExecIo, RuntimeError,
-    RuntimeEvent,
-};
+use rkube_cri::RuntimeError;
 use rkubelet::probe::{run, ProbeResult, ProbeTarget};
-use tokio::sync::broadcast;
 
-/// Exec: `ok` exits 0, `fail` prints and exits 1, `hang` never ends; records commands.
-struct ExecRuntime {
-    commands: Mutex<Vec<Vec<String>>>,
-    events: broadcast::Sender<RuntimeEvent>,
-}
-
-#[async_trait]
-impl ContainerRuntime for ExecRuntime {
-    async fn create(&self, _config: ContainerConfig) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn start(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn signal(&self, _id: &str, _signal: u32) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn remove(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, id: &str) -> rkube_cri::Result<ContainerInfo> {
-        Err(RuntimeError::NotFound(id.to_string()))
-    }
-    async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
-        Ok(Vec::new())
-    }
-    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.events.subscribe()
-    }
-    async fn exec(&self, id: &str, config: ExecConfig, io: ExecIo) -> rkube_cri::Result<i32> {
-        if id != "c1" {
-            return Err(RuntimeError::NotFound(format!("container {id}")));
-        }
-        self.commands.lock().unwrap().push(config.command.clone());
-        match config.command[0].as_str() {
-            "ok" => Ok(0),
-            "fail" => {
-                let _ = io.stdout.send(Bytes::from_static(b"not healthy: ")).await;
-                let _ = io
-                    .stderr
-                    .unwrap()
-                    .send(Bytes::from_static(b"disk full\n"))
-                    .await;
-                Ok(1)
+/// Exec: `ok` exits 0, `fail` prints and exits 1, `hang` never ends; returns the commands
+/// it was asked to run.
+fn target(pod_ip: Option<&str>) -> (ProbeTarget, Arc<Mutex<Vec<Vec<String>>>>) {
+    let commands = Arc::new(Mutex::new(Vec::new()));
+    let recorded = commands.clone();
+    let runtime = ScriptedRuntime::with_exec("c1", move |config, io| {
+        recorded.lock().unwrap().push(config.command.clone());
+        Box::pin(async move {
+            match config.command[0].as_str() {
+                "ok" => Ok(0),
+                "fail" => {
+                    let _ = io.stdout.send(Bytes::from_static(b"not healthy: ")).await;
+                    let _ = io
+                        .stderr
+                        .unwrap()
+                        .send(Bytes::from_static(b"disk full\n"))
+                        .await;
+                    Ok(1)
+                }
+                "hang" => std::future::pending().await,
+                other => Err(RuntimeError::Start(format!("{other}: not found"))),
             }
-            "hang" => {
-                std::future::pending::<()>().await;
-                Ok(0)
-            }
-            other => Err(RuntimeError::Start(format!("{other}: not found"))),
-        }
-    }
-}
-
-fn target(pod_ip: Option<&str>) -> (ProbeTarget, Arc<ExecRuntime>) {
-    let runtime = Arc::new(ExecRuntime {
-        commands: Mutex::new(Vec::new()),
-        events: broadcast::channel(1).0,
+        })
     });
     let target = ProbeTarget {
         pod_ip: pod_ip.map(str::to_string),
         container_id: "c1".into(),
-        runtime: runtime.clone(),
+        runtime: Arc::new(runtime),
     };
-    (target, runtime)
+    (target, commands)
 }
 
 fn exec_probe(command: &[&str]) -> Probe {
@@ -97,12 +60,12 @@ fn exec_probe(command: &[&str]) -> Probe {
 
 #[tokio::test]
 async fn exec_probe_passes_on_exit_zero_and_fails_with_the_output() {
-    let (target, runtime) = target(None);
+    let (target, commands) = target(None);
     assert_eq!(
         run(&exec_probe(&["ok", "--check"]), &target).await,
         ProbeResult::Success
     );
-    assert_eq!(runtime.commands.lock().unwrap()[0], vec!["ok", "--check"]);
+    assert_eq!(commands.lock().unwrap()[0], vec!["ok", "--check"]);
     assert_eq!(
         run(&exec_probe(&["fail"]), &target).await,
         ProbeResult::Failure("not healthy: disk full\n".into())

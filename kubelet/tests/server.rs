@@ -6,126 +6,67 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use common::one_container_info;
+use common::ScriptedRuntime;
 use futures::{SinkExt, StreamExt};
-use rkube_cri::{
-    ContainerConfig, ContainerInfo, ContainerRuntime, ExecConfig, ExecIo, LogPaths, RuntimeError,
-    RuntimeEvent,
-};
+use rkube_cri::{ContainerRuntime, ExecConfig, ExecIo, LogPaths, RuntimeError};
 use rkubelet::server::{router, KubeletApi, LookupError};
-use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 const CONTAINER_ID: &str = "web-app-1";
 
-/// Runs a few scripted commands; containers are running until `stop` is called.
-struct ScriptedRuntime {
-    stopped: Mutex<HashMap<String, bool>>,
-    events: broadcast::Sender<RuntimeEvent>,
-}
-
-impl ScriptedRuntime {
-    fn new() -> Arc<Self> {
-        Arc::new(ScriptedRuntime {
-            stopped: Mutex::new(HashMap::new()),
-            events: broadcast::channel(4).0,
-        })
-    }
-
-    fn stop(&self, id: &str) {
-        self.stopped.lock().unwrap().insert(id.to_string(), true);
-    }
-}
-
-#[async_trait]
-impl ContainerRuntime for ScriptedRuntime {
-    async fn create(&self, _config: ContainerConfig) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn start(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn signal(&self, _id: &str, _signal: u32) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn remove(&self, _id: &str) -> rkube_cri::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, id: &str) -> rkube_cri::Result<ContainerInfo> {
-        if id != CONTAINER_ID {
-            return Err(RuntimeError::NotFound(id.to_string()));
+/// The commands exec in the one container knows.
+async fn scripted_exec(config: ExecConfig, mut io: ExecIo) -> rkube_cri::Result<i32> {
+    let args = &config.command[1..];
+    match config.command[0].as_str() {
+        "echo" => {
+            let _ = io
+                .stdout
+                .send(Bytes::from(format!("{}\n", args.join(" "))))
+                .await;
+            Ok(0)
         }
-        let stopped = self
-            .stopped
-            .lock()
-            .unwrap()
-            .get(id)
-            .copied()
-            .unwrap_or(false);
-        Ok(one_container_info(id, stopped))
-    }
-    async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
-        Ok(vec![self.status(CONTAINER_ID).await?])
-    }
-    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.events.subscribe()
-    }
-    async fn exec(&self, id: &str, config: ExecConfig, mut io: ExecIo) -> rkube_cri::Result<i32> {
-        if id != CONTAINER_ID {
-            return Err(RuntimeError::NotFound(id.to_string()));
+        // fail CODE MESSAGE: MESSAGE on stderr, exit CODE.
+        "fail" => {
+            let message = Bytes::from(format!("{}\n", args[1]));
+            match &io.stderr {
+                Some(stderr) => stderr.send(message).await.ok(),
+                None => io.stdout.send(message).await.ok(),
+            };
+            Ok(args[0].parse().unwrap())
         }
-        let args = &config.command[1..];
-        match config.command[0].as_str() {
-            "echo" => {
-                let _ = io
-                    .stdout
-                    .send(Bytes::from(format!("{}\n", args.join(" "))))
-                    .await;
-                Ok(0)
+        "cat" => {
+            let Some(stdin) = io.stdin.as_mut() else {
+                return Ok(1);
+            };
+            while let Some(data) = stdin.recv().await {
+                let _ = io.stdout.send(data).await;
             }
-            // fail CODE MESSAGE: MESSAGE on stderr, exit CODE.
-            "fail" => {
-                let message = Bytes::from(format!("{}\n", args[1]));
-                match &io.stderr {
-                    Some(stderr) => stderr.send(message).await.ok(),
-                    None => io.stdout.send(message).await.ok(),
-                };
-                Ok(args[0].parse().unwrap())
-            }
-            "cat" => {
-                let Some(stdin) = io.stdin.as_mut() else {
-                    return Ok(1);
-                };
-                while let Some(data) = stdin.recv().await {
-                    let _ = io.stdout.send(data).await;
-                }
-                let _ = io.stdout.send(Bytes::from_static(b"<eof>")).await;
-                Ok(0)
-            }
-            // Prints the first terminal size it is told.
-            "size" => {
-                let Some(resize) = io.resize.as_mut() else {
-                    return Ok(1);
-                };
-                let (width, height) = resize.recv().await.unwrap();
-                let _ = io
-                    .stdout
-                    .send(Bytes::from(format!("{width}x{height}")))
-                    .await;
-                Ok(0)
-            }
-            other => Err(RuntimeError::Start(format!(
-                "exec: {other:?}: executable file not found in $PATH"
-            ))),
+            let _ = io.stdout.send(Bytes::from_static(b"<eof>")).await;
+            Ok(0)
         }
+        // Prints the first terminal size it is told.
+        "size" => {
+            let Some(resize) = io.resize.as_mut() else {
+                return Ok(1);
+            };
+            let (width, height) = resize.recv().await.unwrap();
+            let _ = io
+                .stdout
+                .send(Bytes::from(format!("{width}x{height}")))
+                .await;
+            Ok(0)
+        }
+        other => Err(RuntimeError::Start(format!(
+            "exec: {other:?}: executable file not found in $PATH"
+        ))),
     }
 }
 
@@ -202,7 +143,9 @@ async fn start() -> Harness {
     for instance in ["0", "1"] {
         std::fs::create_dir_all(dir.path().join(instance)).unwrap();
     }
-    let runtime = ScriptedRuntime::new();
+    let runtime = Arc::new(ScriptedRuntime::with_exec(CONTAINER_ID, |config, io| {
+        Box::pin(scripted_exec(config, io))
+    }));
     let kubelet = Arc::new(FakeKubelet {
         runtime: runtime.clone(),
         logs: dir.path().to_path_buf(),
@@ -401,7 +344,7 @@ async fn logs_follow_streams_new_lines_until_the_container_exits() {
     read_until(&mut stream, &mut received, "on stderr\n").await;
 
     append(&paths.stdout, "last words");
-    harness.runtime.stop(CONTAINER_ID);
+    harness.runtime.stop();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .unwrap()
@@ -415,7 +358,7 @@ async fn logs_follow_streams_new_lines_until_the_container_exits() {
 async fn logs_follow_of_a_stopped_container_returns_what_is_there() {
     let harness = start().await;
     std::fs::write(harness.kubelet.paths(false).stdout, "only line\n").unwrap();
-    harness.runtime.stop(CONTAINER_ID);
+    harness.runtime.stop();
     let (_, body) = get(&harness, "/containerLogs/default/web/app?follow=true").await;
     assert_eq!(body, "only line\n");
 }
@@ -660,7 +603,7 @@ async fn attach_streams_new_output_until_the_container_stops() {
         append(&writer_paths.stdout, "prompt> ");
         append(&writer_paths.stderr, "warning\n");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        runtime.stop(CONTAINER_ID);
+        runtime.stop();
     });
     for (channel, data) in collect_channels(&mut socket).await {
         received.insert(channel, data);

@@ -1,7 +1,11 @@
-//! A node on the real thing for the end-to-end tests (as root): an in-process API server
-//! over the embedded store, a private containerd with the busybox test image, and CNI
-//! networking whose bridge, network, iptables chain and pod CIDR are this test's own, so
-//! that the test files can run at the same time.
+//! What the kubelet's integration tests share:
+//! - [`ApiServer`]: an in-process API server over the embedded store;
+//! - [`FakeNode`]: a kubelet's node on rkube-cri's fake runtime, images and network;
+//! - [`RealNode`]: a node on the real thing for the end-to-end tests (as root): a private
+//!   containerd with the busybox test image, and CNI networking whose bridge, network,
+//!   iptables chain and pod CIDR are this test's own, so that test files can run at once;
+//! - [`ScriptedRuntime`]: one container and scripted exec, for the HTTP server and probes;
+//! - [`spawn_kubelet`], [`wait_for_status`].
 
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
@@ -11,17 +15,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
 use chrono::Utc;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use kube::Client;
 use rkube_cri::cni::{CniConfig, CniNetwork};
 use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
-use rkube_cri::{ContainerInfo, ContainerRuntime, ContainerState, PodNetwork};
+use rkube_cri::fake::{FakeImageService, FakeRuntime};
+use rkube_cri::fake_network::FakeNetwork;
+use rkube_cri::{
+    labels, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ExecConfig, ExecIo,
+    PodNetwork, RuntimeError, RuntimeEvent,
+};
 use rkube_testkit::containerd::ContainerdProcess;
 use rkubelet::{KubeletConfig, KubeletError, NodeRuntime};
-use serde_json::Value;
-use tokio::sync::oneshot;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 /// What sets one test's node apart from another's.
@@ -277,5 +290,170 @@ pub fn one_container_info(id: &str, stopped: bool) -> ContainerInfo {
         state,
         created_at: Utc::now(),
         pid: Some(1),
+    }
+}
+
+/// The image every fake node has.
+pub const FAKE_IMAGE: &str = "busybox:1.36";
+
+/// A node on rkube-cri's fake runtime, images (with [`FAKE_IMAGE`]) and network, against
+/// its own in-process API server; the test runs the kubelet with [`spawn_kubelet`].
+pub struct FakeNode {
+    pub dir: tempfile::TempDir,
+    pub client: Client,
+    pub runtime: FakeRuntime,
+    pub images: FakeImageService,
+    pub network: Arc<FakeNetwork>,
+    pub node: &'static str,
+    pod_cidr: String,
+    api_server: ApiServer,
+}
+
+impl FakeNode {
+    pub async fn start(node: &'static str, pod_cidr: &str) -> FakeNode {
+        let dir = tempfile::tempdir().unwrap();
+        let api_server = ApiServer::start(dir.path().join("store")).await;
+        let images = FakeImageService::new();
+        images.add_image(FAKE_IMAGE).unwrap();
+        FakeNode {
+            client: api_server.client.clone(),
+            dir,
+            runtime: FakeRuntime::new(),
+            images,
+            network: Arc::new(FakeNetwork::new(pod_cidr).unwrap()),
+            node,
+            pod_cidr: pod_cidr.to_string(),
+            api_server,
+        }
+    }
+
+    /// A kubelet configuration for this node (its root, runtime and pod CIDR), everything
+    /// else at the defaults for the test to adjust. A kubelet started again from it
+    /// finds what the previous one left.
+    pub fn kubelet_config(&self) -> KubeletConfig {
+        let node_runtime = NodeRuntime {
+            runtime: Arc::new(self.runtime.clone()),
+            images: Arc::new(self.images.clone()),
+            network: self.network.clone(),
+            version: "fake://0.1.0".into(),
+        };
+        let mut config = KubeletConfig::new(
+            self.client.clone(),
+            self.node,
+            self.dir.path().join("kubelet"),
+            node_runtime,
+        );
+        config.pod_cidr = Some(self.pod_cidr.clone());
+        config
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates the pod in `default`, bound to this node.
+    pub async fn create_pod(&self, mut pod: Value) -> Pod {
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        pod["spec"]["nodeName"] = json!(self.node);
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap()
+    }
+
+    /// The runtime's containers of the pod `uid`.
+    pub async fn containers_of(&self, uid: &str) -> Vec<ContainerInfo> {
+        self.runtime
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.api_server.stop().await;
+    }
+}
+
+/// What exec in a [`ScriptedRuntime`] runs: the command's config and streams in, its
+/// exit code out.
+pub type ExecScript =
+    Box<dyn Fn(ExecConfig, ExecIo) -> BoxFuture<'static, rkube_cri::Result<i32>> + Send + Sync>;
+
+/// A runtime with one container, running until [`ScriptedRuntime::stop`], in which exec
+/// runs a script (other ids are not found). Create, start, signal and remove do nothing:
+/// the HTTP server and probe tests need a runtime to read from, not one that runs pods.
+pub struct ScriptedRuntime {
+    id: String,
+    stopped: AtomicBool,
+    events: broadcast::Sender<RuntimeEvent>,
+    script: Option<ExecScript>,
+}
+
+impl ScriptedRuntime {
+    /// Exec finds no such container.
+    pub fn new(id: &str) -> ScriptedRuntime {
+        ScriptedRuntime {
+            id: id.to_string(),
+            stopped: AtomicBool::new(false),
+            events: broadcast::channel(4).0,
+            script: None,
+        }
+    }
+
+    pub fn with_exec(
+        id: &str,
+        script: impl Fn(ExecConfig, ExecIo) -> BoxFuture<'static, rkube_cri::Result<i32>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> ScriptedRuntime {
+        ScriptedRuntime {
+            script: Some(Box::new(script)),
+            ..ScriptedRuntime::new(id)
+        }
+    }
+
+    /// The container exits (with 0).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for ScriptedRuntime {
+    async fn create(&self, _config: ContainerConfig) -> rkube_cri::Result<()> {
+        Ok(())
+    }
+    async fn start(&self, _id: &str) -> rkube_cri::Result<()> {
+        Ok(())
+    }
+    async fn signal(&self, _id: &str, _signal: u32) -> rkube_cri::Result<()> {
+        Ok(())
+    }
+    async fn remove(&self, _id: &str) -> rkube_cri::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, id: &str) -> rkube_cri::Result<ContainerInfo> {
+        if id != self.id {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        Ok(one_container_info(id, self.stopped.load(Ordering::SeqCst)))
+    }
+    async fn list(&self) -> rkube_cri::Result<Vec<ContainerInfo>> {
+        Ok(vec![self.status(&self.id).await?])
+    }
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+    async fn exec(&self, id: &str, config: ExecConfig, io: ExecIo) -> rkube_cri::Result<i32> {
+        match &self.script {
+            Some(script) if id == self.id => script(config, io).await,
+            _ => Err(RuntimeError::NotFound(format!("container {id}"))),
+        }
     }
 }

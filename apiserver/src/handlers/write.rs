@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use rkube_api::registry::{self, ResourceInfo};
+use rkube_api::registry::ResourceInfo;
 use rkube_api::ApiError;
 use rkube_patch::PatchType;
 use rkube_store::StoreError;
@@ -20,40 +20,6 @@ use crate::objects;
 use crate::query::parse_resource_version;
 use crate::strategy::{self, UpdateScope};
 use crate::ApiState;
-
-/// Namespaced writes need a live namespace.
-async fn check_namespace(state: &ApiState, namespace: &str) -> ApiResult<()> {
-    let ns_resource = registry::find("", "v1", "namespaces")
-        .ok_or_else(|| ApiError::internal("namespaces not registered"))?;
-    let key = ns_resource.key(None, namespace);
-    let terminating = match state.cache.get(ns_resource, &key) {
-        // Deleting a namespace sets its phase to Terminating together with the
-        // deletionTimestamp; the selectable fields hold the phase, no JSON parse needed.
-        Some(cached) => cached
-            .fields
-            .iter()
-            .any(|(f, v)| *f == "status.phase" && v == "Terminating"),
-        // Not in the cache yet (created a moment ago?): ask storage, which is authoritative.
-        None => match state
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| store_error(ns_resource, namespace, e))?
-        {
-            Some(kv) => serde_json::from_slice::<Value>(&kv.value)
-                .map(|v| objects::is_terminating(&v))
-                .unwrap_or(false),
-            None => return Err(ApiError::not_found(ns_resource, namespace).into()),
-        },
-    };
-    if terminating {
-        return Err(ApiError::forbidden(format!(
-            "unable to create new content in namespace {namespace} because it is being terminated"
-        ))
-        .into());
-    }
-    Ok(())
-}
 
 pub(super) async fn create(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {
     let obj = decode_body(&req.body, req.content_type())?;
@@ -75,7 +41,7 @@ pub(super) async fn create_object(
     objects::check_schema(resource, &mut obj, req.params.strict_fields())?;
     strategy::prepare_create(resource, namespace, &mut obj)?;
     if let Some(ns) = namespace {
-        check_namespace(state, ns).await?;
+        strategy::namespace::check_accepts_content(state, ns).await?;
     }
     (strategy::for_resource(resource).assign_on_create)(state, resource, &mut obj)?;
     let name = objects::name_of(&obj).unwrap_or("").to_string();

@@ -2,6 +2,7 @@
 //! PodDisruptionBudgets: generation tracking, and the scale subresource.
 
 use rkube_api::registry::ResourceInfo;
+use rkube_api::selectors::LabelSelector;
 use rkube_api::{table, ApiError, StatusCause};
 use serde_json::{json, Value};
 
@@ -54,33 +55,13 @@ pub static POD_DISRUPTION_BUDGET: Strategy = Strategy {
     ..Strategy::DEFAULT
 };
 
-/// A label selector in its string form (`app=web,tier in (a,b)`), as a Scale reports it.
+/// A label selector in its string form (`app=web,tier in (a,b)`), as a Scale reports it:
+/// rkube-api's selector, printed as upstream's `Selector.String()`. One that does not parse
+/// never passed validation; it reads as selecting nothing, the empty string.
 fn selector_string(selector: &Value) -> String {
-    let mut parts: Vec<String> = selector["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(exprs) = selector["matchExpressions"].as_array() {
-        for e in exprs {
-            let key = e["key"].as_str().unwrap_or("");
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .map(|v| v.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e["operator"].as_str() {
-                Some("In") => parts.push(format!("{key} in ({})", values.join(","))),
-                Some("NotIn") => parts.push(format!("{key} notin ({})", values.join(","))),
-                Some("Exists") => parts.push(key.to_string()),
-                Some("DoesNotExist") => parts.push(format!("!{key}")),
-                _ => {}
-            }
-        }
-    }
-    parts.join(",")
+    LabelSelector::from_json(selector)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 /// The `autoscaling/v1` Scale of a workload (the scale subresource's view of it).
@@ -141,5 +122,12 @@ mod tests {
             &json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}),
         );
         assert_eq!(s, "app=web,tier in (a,b)");
+        // Regression: this copy kept matchLabels before matchExpressions and the values in
+        // the order written; upstream's selector String() (and rkube's query-string form)
+        // sorts requirements by key and set values.
+        let s = selector_string(
+            &json!({"matchLabels": {"z": "1"}, "matchExpressions": [{"key": "a", "operator": "In", "values": ["y", "x"]}]}),
+        );
+        assert_eq!(s, "a in (x,y),z=1");
     }
 }

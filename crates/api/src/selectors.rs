@@ -201,6 +201,18 @@ impl Labels for BTreeMap<String, String> {
     }
 }
 
+/// Whether a set-based selector (a Service's `spec.selector`, a pod's `nodeSelector`, a
+/// template's labels) selects an object with `labels`: every key present with its value,
+/// as upstream's `SelectorFromSet`. An empty set selects everything.
+pub fn set_selector_matches<L: Labels + ?Sized>(
+    set: &BTreeMap<String, String>,
+    labels: &L,
+) -> bool {
+    set.iter().all(|(key, value)| {
+        Operator::Equals.evaluate(labels.label(key).as_deref(), std::slice::from_ref(value))
+    })
+}
+
 /// Whether a typed `metav1.LabelSelector` selects an object with `labels`, evaluated with
 /// the same [`Operator::evaluate`] as parsed selectors, without building one. `None` (a
 /// null selector) selects nothing and an empty selector everything, as upstream's
@@ -212,9 +224,10 @@ pub fn label_selector_matches<L: Labels + ?Sized>(
     let Some(selector) = selector else {
         return false;
     };
-    let by_labels = selector.match_labels.iter().flatten().all(|(key, value)| {
-        Operator::Equals.evaluate(labels.label(key).as_deref(), std::slice::from_ref(value))
-    });
+    let by_labels = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|set| set_selector_matches(set, labels));
     by_labels
         && selector.match_expressions.iter().flatten().all(|expr| {
             let values = expr.values.as_deref().unwrap_or_default();

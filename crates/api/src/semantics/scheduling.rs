@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
     Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
 };
 
-use crate::selectors::{Labels, Operator};
+use crate::selectors::{set_selector_matches, Labels, Operator};
 
 /// Upstream's `Toleration.ToleratesTaint`: an empty effect matches every effect, an empty
 /// key (with `Exists`) every key; `Equal` (also the empty operator) compares values.
@@ -147,12 +147,7 @@ pub fn required_node_affinity_matches<L: Labels + ?Sized>(
     required_affinity: Option<&NodeSelector>,
     node: NodeView<'_, L>,
 ) -> bool {
-    let by_labels = node_selector.into_iter().flatten().all(|(key, value)| {
-        Operator::Equals.evaluate(
-            node.labels.label(key).as_deref(),
-            std::slice::from_ref(value),
-        )
-    });
+    let by_labels = node_selector.is_none_or(|set| set_selector_matches(set, node.labels));
     by_labels && required_affinity.is_none_or(|selector| node_selector_matches(selector, node))
 }
 

@@ -1,17 +1,25 @@
 //! rkube-apiserver: parses flags, sets up logging, and hands over to `rkube_apiserver::run`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use rkube_apiserver::{Config, StorageConfig};
+use rkube_runtime::component::{shutdown_signal, telemetry, ListenArgs, ListenDefaults};
 
 // Many small, short-lived allocations (JSON values per request): mimalloc handles them with
 // far less contention and fragmentation than glibc's malloc on this workload.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Loopback by default: expose the API deliberately (it has no authentication).
+struct ApiServerListen;
+
+impl ListenDefaults for ApiServerListen {
+    const BIND_ADDRESS: &'static str = "127.0.0.1";
+    const PORT: u16 = 6443;
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,12 +28,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "The rkube API server (Kubernetes REST API)"
 )]
 struct Flags {
-    /// Address to listen on. Loopback by default: expose the API deliberately.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind_address: std::net::IpAddr,
-    /// Port to listen on (0 picks a free one and logs it).
-    #[arg(long, default_value_t = 6443)]
-    port: u16,
+    #[command(flatten)]
+    listen: ListenArgs<ApiServerListen>,
     /// Directory of the embedded store (used unless --etcd-servers is given).
     #[arg(long, default_value = "./rkube-data")]
     data_dir: PathBuf,
@@ -70,13 +74,9 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    telemetry::init_tracing();
     let flags = Flags::parse();
+    let shutdown = shutdown_signal().context("installing the SIGTERM and SIGINT handlers")?;
     if flags.embedded_repair && flags.etcd_servers.is_empty() {
         repair_embedded_store(flags.data_dir.clone()).await?;
     }
@@ -100,26 +100,9 @@ async fn main() -> anyhow::Result<()> {
         request_timeout: flags.request_timeout,
         min_request_timeout: Duration::from_secs(flags.min_request_timeout),
     };
-    let addr = SocketAddr::new(flags.bind_address, flags.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = flags.listen.bind().await?;
     // Printed for scripts that start us on port 0.
     println!("listening on {}", listener.local_addr()?);
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
     rkube_apiserver::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -27,7 +27,6 @@ pub mod statefulset;
 pub mod util;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,10 +39,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::Store;
 use kube::runtime::{watcher, WatchStreamExt};
+use rkube_runtime::component::health;
 use rkube_runtime::{run_elected, Change, ControllerSelection, LeaderElectionConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+pub use rkube_runtime::component::{ApiServerError, ApiServerTarget};
 
 /// Every controller name `--controllers` accepts, in upstream's spelling.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
@@ -58,17 +60,6 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     job::NAME,
     statefulset::NAME,
 ];
-
-/// Where the API server is.
-#[derive(Clone, Debug)]
-pub enum ApiTarget {
-    /// A plain URL such as `http://127.0.0.1:6443` (no authentication).
-    Url(String),
-    /// A kubeconfig file (its current context).
-    Kubeconfig(PathBuf),
-    /// KUBECONFIG / ~/.kube/config / in-cluster, as kube-rs infers.
-    Infer,
-}
 
 #[derive(Clone, Debug)]
 pub struct LeaderElectionSettings {
@@ -120,7 +111,7 @@ impl Default for NodeLifecycleSettings {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub api: ApiTarget,
+    pub api: ApiServerTarget,
     pub controllers: ControllerSelection,
     pub leader_election: LeaderElectionSettings,
     /// Unique per instance; the Lease holder identity and events' reporting instance.
@@ -136,7 +127,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(api: ApiTarget) -> Config {
+    pub fn new(api: ApiServerTarget) -> Config {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         Config {
             api,
@@ -153,9 +144,9 @@ impl Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server location could not be turned into a client.
-    #[error("building the API client: {0}")]
-    Client(String),
+    /// No client for the API server.
+    #[error(transparent)]
+    ApiServer(#[from] ApiServerError),
     /// A `--controllers` entry names no controller.
     #[error("unknown controllers in --controllers: {0}")]
     UnknownControllers(String),
@@ -187,31 +178,6 @@ pub struct Shared {
     pub namespace_resync: Duration,
     pub node_lifecycle: NodeLifecycleSettings,
     pub job_backoff_base: Duration,
-}
-
-pub async fn client_for(target: &ApiTarget) -> Result<kube::Client, Error> {
-    let config = match target {
-        ApiTarget::Url(url) => {
-            let uri = url
-                .parse()
-                .map_err(|e| Error::Client(format!("{url}: {e}")))?;
-            kube::Config::new(uri)
-        }
-        ApiTarget::Kubeconfig(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Client(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| Error::Client(e.to_string()))?
-        }
-        ApiTarget::Infer => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Client(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
 }
 
 type PodHandler = Box<dyn FnMut(Change<'_, Pod>) + Send>;
@@ -355,7 +321,7 @@ pub async fn run(
     if !unknown.is_empty() {
         return Err(Error::UnknownControllers(unknown.join(",")));
     }
-    let client = client_for(&config.api).await?;
+    let client = config.api.client().await?;
     let shared = Shared {
         client: client.clone(),
         identity: config.identity.clone(),
@@ -367,8 +333,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let is_leader = Arc::new(AtomicBool::new(false));
 
-    let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let leader = Router::new()
         .route(
             "/leader",
             get(|State(leader): State<Arc<AtomicBool>>| async move {
@@ -380,17 +345,14 @@ pub async fn run(
             }),
         )
         .with_state(is_leader.clone());
+    let health = health::router(health::always_ready()).merge(leader);
     let mut health_stop = stop_rx.clone();
     // Dropping `run` (rather than completing `shutdown`) must stop everything it started,
     // so its tasks live in JoinSets, which abort on drop.
     let mut server = JoinSet::new();
-    server.spawn(async move {
-        axum::serve(listener, health)
-            .with_graceful_shutdown(async move {
-                let _ = health_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    server.spawn(health::serve(listener, health, async move {
+        let _ = health_stop.wait_for(|s| *s).await;
+    }));
 
     let selection = config.controllers.clone();
     let lead = move |mut stop: watch::Receiver<bool>| {

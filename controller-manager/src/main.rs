@@ -1,12 +1,22 @@
 //! rkube-controller-manager: flags -> [`rkube_controller_manager::run`].
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rkube_controller_manager::{run, ApiTarget, Config};
+use rkube_controller_manager::{run, Config};
+use rkube_runtime::component::{
+    shutdown_signal, telemetry, ApiServerArgs, ListenArgs, ListenDefaults,
+};
 use rkube_runtime::ControllerSelection;
+
+/// Upstream kube-controller-manager's address and port for /healthz.
+struct ControllerManagerListen;
+
+impl ListenDefaults for ControllerManagerListen {
+    const BIND_ADDRESS: &'static str = "127.0.0.1";
+    const PORT: u16 = 10257;
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,18 +24,14 @@ use rkube_runtime::ControllerSelection;
     about = "Runs rkube's controllers against an API server"
 )]
 struct Flags {
-    /// API server URL (e.g. http://127.0.0.1:6443); overrides --kubeconfig.
-    #[arg(long, visible_aliases = ["server", "api-server"])]
-    master: Option<String>,
-    /// Path to a kubeconfig; without it and --master, KUBECONFIG or ~/.kube/config.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    api_server: ApiServerArgs,
+    // Serves /healthz, /livez, /readyz and /leader.
+    #[command(flatten)]
+    listen: ListenArgs<ControllerManagerListen>,
     /// Controllers to run: `*` for all on by default, `name` to add, `-name` to remove.
     #[arg(long, default_value = "*")]
     controllers: String,
-    /// Address for /healthz.
-    #[arg(long, default_value = "127.0.0.1:10257")]
-    bind_address: String,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     #[arg(long, default_value = "15")]
@@ -57,18 +63,17 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    telemetry::init_tracing();
     let flags = Flags::parse();
-    let api = match (flags.master, flags.kubeconfig) {
-        (Some(url), _) => ApiTarget::Url(url),
-        (None, Some(path)) => ApiTarget::Kubeconfig(path),
-        (None, None) => ApiTarget::Infer,
+    // Before the lease is campaigned for: a SIGTERM must release it, not kill the process.
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("rkube-controller-manager: installing the SIGTERM and SIGINT handlers: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let mut config = Config::new(api);
+    let mut config = Config::new(flags.api_server.target());
     config.controllers = ControllerSelection::parse(&flags.controllers);
     config.workers = flags.concurrent_syncs;
     let le = &mut config.leader_election;
@@ -86,18 +91,12 @@ async fn main() -> ExitCode {
         flags.default_unreachable_toleration_seconds;
     config.node_lifecycle.default_not_ready_toleration_seconds =
         flags.default_not_ready_toleration_seconds;
-    let listener = match tokio::net::TcpListener::bind(&flags.bind_address).await {
-        Ok(l) => l,
+    let listener = match flags.listen.bind().await {
+        Ok(listener) => listener,
         Err(e) => {
-            eprintln!(
-                "rkube-controller-manager: binding {}: {e}",
-                flags.bind_address
-            );
+            eprintln!("rkube-controller-manager: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
     };
     match run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

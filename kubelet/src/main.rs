@@ -1,6 +1,6 @@
 //! rkubelet: flags -> [`rkubelet::run`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,19 @@ use clap::{Parser, ValueEnum};
 use rkube_cri::containerd::{ContainerdConfig, ContainerdImageService, ContainerdRuntime};
 use rkube_cri::fake::{FakeImageService, FakeRuntime};
 use rkube_cri::fake_network::FakeNetwork;
+use rkube_runtime::component::{
+    shutdown_signal, telemetry, ApiServerArgs, ListenArgs, ListenDefaults,
+};
 use rkubelet::{KubeletConfig, NodeRuntime};
+
+/// Upstream kubelet's port. Every interface: the API server proxies logs, exec and attach
+/// to it from wherever it runs.
+struct KubeletListen;
+
+impl ListenDefaults for KubeletListen {
+    const BIND_ADDRESS: &'static str = "0.0.0.0";
+    const PORT: u16 = 10250;
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum RuntimeKind {
@@ -23,12 +35,11 @@ enum RuntimeKind {
 #[derive(Parser, Debug)]
 #[command(name = "rkubelet", about = "The rkube node agent", version)]
 struct Args {
-    /// kubeconfig of the API server (default: $KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// API server URL (plain HTTP, e.g. http://127.0.0.1:6443); overrides --kubeconfig.
-    #[arg(long = "master", visible_aliases = ["server", "api-server"])]
-    server: Option<String>,
+    #[command(flatten)]
+    api_server: ApiServerArgs,
+    // The kubelet's HTTP server: logs, exec, attach, healthz.
+    #[command(flatten)]
+    listen: ListenArgs<KubeletListen>,
     /// Node name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -40,9 +51,6 @@ struct Args {
     pod_cidr: String,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
-    /// Address of the kubelet's HTTP server (logs, exec, attach, healthz).
-    #[arg(long, default_value = "0.0.0.0:10250")]
-    listen: SocketAddr,
     /// Node state: pod volumes, /etc/hosts files, container logs, CNI state.
     #[arg(long, default_value = "/var/lib/rkubelet")]
     root_dir: PathBuf,
@@ -102,23 +110,6 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{flag} must be a non-negative number of seconds"))
 }
 
-async fn client(args: &Args) -> anyhow::Result<kube::Client> {
-    let config = if let Some(server) = &args.server {
-        kube::Config::new(server.parse().context("parsing --server")?)
-    } else if let Some(path) = &args.kubeconfig {
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(path).context("reading --kubeconfig")?;
-        kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?
-    } else {
-        kube::Config::infer().await?
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 async fn runtimes(args: &Args) -> anyhow::Result<Vec<NodeRuntime>> {
     match args.runtime {
         RuntimeKind::Fake => (0..args.nodes.max(1))
@@ -161,20 +152,16 @@ async fn runtimes(args: &Args) -> anyhow::Result<Vec<NodeRuntime>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    telemetry::init_tracing();
     let args = Args::parse();
+    let shutdown = shutdown_signal().context("installing the SIGTERM and SIGINT handlers")?;
     // Flags are checked before anything is connected to.
     let container_log_rotation = rkubelet::logrotate::RotationPolicy::new(
         rkubelet::logrotate::parse_size(&args.container_log_max_size)?,
         args.container_log_max_files,
     )?;
     let node_name = args.node_name.clone().unwrap_or_else(rkubelet::hostname);
-    let client = client(&args).await?;
+    let client = args.api_server.target().client().await?;
     let runtimes = runtimes(&args).await?;
     let Some(first) = runtimes.first().cloned() else {
         anyhow::bail!("no runtime configured");
@@ -191,18 +178,8 @@ async fn main() -> anyhow::Result<()> {
     config.backoff_max = seconds(args.backoff_max, "backoff-max")?;
     config.image_dir = args.image_dir.clone();
     config.container_log_rotation = container_log_rotation;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(node = %node_name, listen = %args.listen, "rkubelet starting");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    rkubelet::run(config, listener, async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    })
-    .await?;
+    let listener = args.listen.bind().await?;
+    tracing::info!(node = %node_name, "rkubelet starting");
+    rkubelet::run(config, listener, shutdown).await?;
     Ok(())
 }

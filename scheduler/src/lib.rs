@@ -27,26 +27,17 @@ pub mod queue;
 mod scheduler;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::sync::Arc;
 
+use rkube_runtime::component::health;
 use tokio::net::TcpListener;
 
+pub use rkube_runtime::component::{ApiServerError, ApiServerTarget};
 pub use scheduler::Scheduler;
-
-/// How to reach the API server.
-#[derive(Clone, Debug)]
-pub enum ApiServer {
-    /// A plain `http://host:port` URL, no credentials.
-    Url(String),
-    /// A kubeconfig file (its current context).
-    Kubeconfig(PathBuf),
-    /// kube-rs inference: `$KUBECONFIG`, `~/.kube/config`, or in-cluster.
-    Infer,
-}
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub api_server: ApiServer,
+    pub api_server: ApiServerTarget,
     /// Pods whose `spec.schedulerName` is something else are left alone.
     pub scheduler_name: String,
     /// Bindings in flight at once.
@@ -60,7 +51,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(api_server: ApiServer) -> Config {
+    pub fn new(api_server: ApiServerTarget) -> Config {
         Config {
             api_server,
             scheduler_name: "default-scheduler".to_string(),
@@ -74,48 +65,12 @@ impl Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    /// The API server URL does not parse.
-    #[error("invalid API server URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    /// The kubeconfig could not be read or used.
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
-    /// Building the client failed.
-    #[error("API client: {0}")]
-    Client(#[from] kube::Error),
+    /// No client for the API server.
+    #[error(transparent)]
+    ApiServer(#[from] ApiServerError),
     /// The health endpoint failed.
     #[error("serving health endpoint: {0}")]
     Serve(#[from] std::io::Error),
-}
-
-impl ApiServer {
-    pub async fn client(&self) -> Result<kube::Client, SchedulerError> {
-        let config = match self {
-            ApiServer::Url(url) => {
-                let uri = url
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| SchedulerError::Url {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
-                kube::Config::new(uri)
-            }
-            ApiServer::Kubeconfig(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?;
-                kube::Config::from_custom_kubeconfig(
-                    kubeconfig,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?
-            }
-            ApiServer::Infer => kube::Config::infer()
-                .await
-                .map_err(|e| SchedulerError::Kubeconfig(e.to_string()))?,
-        };
-        Ok(kube::Client::try_from(config)?)
-    }
 }
 
 /// Runs the scheduler until `shutdown` completes. `listener` serves `/healthz` (alive) and
@@ -130,12 +85,19 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks = scheduler.clone().start(stop_rx);
     tracing::info!(addr = ?listener.local_addr().ok(), name = %config.scheduler_name, "rkube-scheduler running");
-    let served = axum::serve(listener, scheduler::health_router(scheduler.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let synced = scheduler.clone();
+    let ready: health::ReadyCheck = Arc::new(move || {
+        if synced.is_synced() {
+            Ok(())
+        } else {
+            Err("caches not synced".to_string())
+        }
+    });
+    let served = health::serve(listener, health::router(ready), async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     for task in tasks {
         let _ = task.await;
     }

@@ -248,27 +248,26 @@ impl NodeCluster {
         cluster.scheduler = Some(Component::spawn(
             "rkube-scheduler",
             &[
-                format!("--api-server={url}"),
-                format!("--health-address=127.0.0.1:{}", free_port()?),
+                format!("--master={url}"),
+                // Nothing here reads their health endpoints: any free port.
+                "--port=0".into(),
             ],
             &logs,
         )?);
         cluster.controller_manager = Some(Component::spawn(
             "rkube-controller-manager",
-            &[
-                format!("--master={url}"),
-                format!("--bind-address=127.0.0.1:{}", free_port()?),
-            ],
+            &[format!("--master={url}"), "--port=0".into()],
             &logs,
         )?);
 
         let containerd = ContainerdProcess::start().await?;
         cluster.kubelet_args = vec![
-            format!("--server={url}"),
+            format!("--master={url}"),
             format!("--node-name={NODE_NAME}"),
             "--node-ip=127.0.0.1".into(),
             format!("--pod-cidr={}", network.pod_cidr),
-            format!("--listen=127.0.0.1:{kubelet_port}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--port={kubelet_port}"),
             format!("--root-dir={}", cluster.path("kubelet").display()),
             "--runtime=containerd".into(),
             format!(

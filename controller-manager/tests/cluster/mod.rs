@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use rkube_controller_manager::{ApiTarget, Config};
+use rkube_controller_manager::{ApiServerTarget, Config};
 use rkube_runtime::ControllerSelection;
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde::de::DeserializeOwned;
@@ -70,7 +70,7 @@ pub struct Cluster {
 
 /// Controller-manager settings for tests: no leader election, fast node lifecycle.
 pub fn test_config(url: &str, controllers: &str) -> Config {
-    let mut config = Config::new(ApiTarget::Url(url.to_string()));
+    let mut config = Config::new(ApiServerTarget::Url(url.to_string()));
     config.leader_election.enabled = false;
     config.controllers = ControllerSelection::parse(controllers);
     config.node_lifecycle.node_monitor_grace_period = Duration::from_secs(3);
@@ -128,7 +128,7 @@ impl Cluster {
         .unwrap();
 
         let scheduler_config =
-            rkube_scheduler::Config::new(rkube_scheduler::ApiServer::Url(url.clone()));
+            rkube_scheduler::Config::new(rkube_scheduler::ApiServerTarget::Url(url.clone()));
         let scheduler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduler = Component::spawn(move |stopped| async move {
             rkube_scheduler::run(scheduler_config, scheduler_listener, async move {

@@ -17,7 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
-use rkube_controller_manager::{ApiTarget, Config};
+use rkube_controller_manager::{ApiServerTarget, Config};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -115,7 +115,7 @@ impl Env {
     }
 
     pub fn cm_config(&self, identity: &str) -> Config {
-        let mut config = Config::new(ApiTarget::Url(self.url.clone()));
+        let mut config = Config::new(ApiServerTarget::Url(self.url.clone()));
         config.identity = identity.to_string();
         config.leader_election.lease_duration = Duration::from_secs(3);
         config.leader_election.renew_deadline = Duration::from_secs(2);

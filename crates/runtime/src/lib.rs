@@ -1,5 +1,9 @@
-//! rkube-runtime: the plumbing every rkube controller shares, on top of kube-rs.
+//! rkube-runtime: the plumbing every rkube component and controller shares, on top of
+//! kube-rs.
 //!
+//! - [`component`]: what every binary does alike: reach the API server (`--master`,
+//!   `--kubeconfig`), listen (`--bind-address`, `--port`), stop on SIGTERM or SIGINT, set up
+//!   logging, serve health endpoints.
 //! - [`informer`]: a watch feeding a reflector cache plus a per-change callback that
 //!   enqueues keys.
 //! - [`workqueue`]: upstream's work queue: de-duplicated keys, never one key on two
@@ -14,6 +18,7 @@
 //! that reads the caches.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod component;
 pub mod events;
 pub mod expectations;
 pub mod informer;

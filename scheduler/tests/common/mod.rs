@@ -106,7 +106,7 @@ impl Scheduler {
         url: String,
         configure: impl FnOnce(&mut rkube_scheduler::Config),
     ) -> Scheduler {
-        let mut config = rkube_scheduler::Config::new(rkube_scheduler::ApiServer::Url(url));
+        let mut config = rkube_scheduler::Config::new(rkube_scheduler::ApiServerTarget::Url(url));
         config.bind_concurrency = 16;
         configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

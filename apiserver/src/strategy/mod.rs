@@ -2,13 +2,16 @@
 //! differently for one kind is found in that kind's [`Strategy`], so that the handlers only
 //! implement the verbs.
 //!
-//! - [`prepare`]: what every write shares (server-owned metadata, the status/spec split of
-//!   an update, generation bumps), calling the kind's defaulting and validation;
-//! - one module per family of kinds, each holding its `Strategy` values and the pure rules
-//!   behind its subresources (a pod's binding, a workload's scale, a namespace's finalize).
+//! - `prepare` ([`prepare_create`], [`prepare_update`]): what every write shares
+//!   (server-owned metadata, the status/spec split of an update, generation bumps), and the
+//!   kind's defaulting and validation;
+//! - one module per family of kinds, each holding its `Strategy` values and the rules behind
+//!   its subresources (a pod's binding, a workload's scale, a namespace's finalize and
+//!   lifecycle).
 //!
-//! Defaulting, validation and the Table printers themselves live in `rkube-api` (no IO,
-//! shared with other components); a strategy names the ones its kind uses.
+//! The Kubernetes semantics themselves live in `rkube-api` (no IO, shared with the other
+//! components): a strategy names its kind's Table printer there, and defaulting and
+//! validation are looked up there by kind.
 
 pub mod namespace;
 pub mod pod;

@@ -1,7 +1,8 @@
 //! The built-in resources rkube serves. Routing, discovery, OpenAPI and storage keys are all
-//! derived from [`REGISTRY`], so adding a resource is one entry here, plus its strategy in
-//! the API server (`rkube_apiserver::strategy`, checked by a test), which names its
-//! defaulting, validation and Table printer.
+//! derived from [`REGISTRY`], so adding a resource is one entry here and one strategy in the
+//! API server (`rkube_apiserver::strategy`, checked by a test; it names the kind's Table
+//! printer in [`crate::table`]), plus, optionally, defaulting and validation keyed by its
+//! kind.
 
 /// Subresources a resource can have. Each is served by the API server on
 /// `.../<resource>/<name>/<subresource>`.

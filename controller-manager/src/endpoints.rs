@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
+use rkube_api::selectors::set_selector_matches;
 use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
 use tokio::task::JoinSet;
 
@@ -40,8 +41,7 @@ pub fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
 
 fn selects(svc: &Service, pod: &Pod) -> bool {
     svc.namespace() == pod.namespace()
-        && service_selector(svc)
-            .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels().get(k) == Some(v)))
+        && service_selector(svc).is_some_and(|sel| set_selector_matches(sel, pod.labels()))
 }
 
 /// Which services each pod was last seen in (pod key -> service keys), so that a pod

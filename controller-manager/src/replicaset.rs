@@ -14,6 +14,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use rkube_api::selectors::set_selector_matches;
 use rkube_runtime::{
     object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
     Expectations, WorkQueue,
@@ -264,9 +265,7 @@ impl ReplicaSetController {
         let status = ReplicaSetStatus {
             replicas: i32::try_from(active.len()).unwrap_or(i32::MAX),
             fully_labeled_replicas: Some(count(&|p| {
-                template_labels
-                    .iter()
-                    .all(|(k, v)| p.labels().get(k) == Some(v))
+                set_selector_matches(&template_labels, p.labels())
             })),
             ready_replicas: Some(ready),
             available_replicas: Some(available),

@@ -64,3 +64,30 @@ pub async fn check_accepts_content(state: &ApiState, namespace: &str) -> ApiResu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalize_changes_only_the_finalizers() {
+        let stored = json!({"metadata": {"name": "ns", "labels": {"a": "1"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Terminating"}});
+        let requested = json!({"metadata": {"name": "ns", "labels": {"a": "2"}},
+            "spec": {"finalizers": []}, "status": {"phase": "Active"}});
+        let finalized = finalize(&stored, requested);
+        assert_eq!(finalized["spec"]["finalizers"], json!([]));
+        assert_eq!(finalized["metadata"], stored["metadata"]);
+        assert_eq!(finalized["status"], stored["status"]);
+    }
+
+    #[test]
+    fn a_deleted_namespace_is_terminating_and_held_by_its_finalizers() {
+        let mut ns = json!({"metadata": {"name": "ns"}, "spec": {"finalizers": ["kubernetes"]}});
+        (NAMESPACE.mark_terminating)(&mut ns);
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        assert!((NAMESPACE.held_after_deletion)(&ns));
+        ns["spec"]["finalizers"] = json!([]);
+        assert!(!(NAMESPACE.held_after_deletion)(&ns));
+    }
+}

@@ -110,4 +110,27 @@ mod tests {
             0
         );
     }
+
+    #[test]
+    fn binding_sets_the_node_once_and_marks_the_pod_scheduled() {
+        let pods = rkube_api::registry::find("", "v1", "pods").unwrap();
+        let pending = json!({"metadata": {"name": "p"}, "spec": {},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False"}]}});
+        let bound = bind(pods, "p", &pending, "n1").unwrap();
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        let conditions = bound["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0]["status"], "True");
+
+        assert_eq!(bind(pods, "p", &bound, "n2").unwrap_err().code, 409);
+        let mut deleting = pending;
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(bind(pods, "p", &deleting, "n1").unwrap_err().code, 409);
+        assert_eq!(
+            binding_target(pods, "p", &json!({"target": {}}))
+                .unwrap_err()
+                .code,
+            422
+        );
+    }
 }

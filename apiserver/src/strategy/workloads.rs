@@ -130,4 +130,20 @@ mod tests {
         );
         assert_eq!(s, "a in (x,y),z=1");
     }
+
+    #[test]
+    fn scaling_takes_whole_non_negative_replicas() {
+        let deployments = rkube_api::registry::find("apps", "v1", "deployments").unwrap();
+        let deploy = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}});
+        let scale = |replicas: Value| json!({"spec": {"replicas": replicas}});
+        let scaled_to = |desired: &Value| scaled(deployments, "d", &deploy, desired);
+        assert_eq!(scaled_to(&scale(json!(3))).unwrap()["spec"]["replicas"], 3);
+        assert_eq!(
+            scaled_to(&json!({"spec": {}})).unwrap()["spec"]["replicas"],
+            0
+        );
+        assert_eq!(scaled_to(&scale(json!(-1))).unwrap_err().code, 422);
+        assert_eq!(scaled_to(&scale(json!(1.5))).unwrap_err().code, 422);
+        assert_eq!(scaled_to(&scale(json!("2"))).unwrap_err().code, 422);
+    }
 }

@@ -1,5 +1,6 @@
-//! The release binaries, started as processes. Every flag a benchmark passes to a
-//! component is spelled here once, so a renamed flag is one edit.
+//! The release binaries, started as processes. The flags they share (where the API server
+//! is, where to listen, where to keep state) are spelled here once, so a renamed flag is one
+//! edit; a benchmark adds the flags specific to what it measures.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,15 +45,32 @@ impl Binary {
         }
     }
 
-    fn cargo_target(self) -> &'static str {
+    fn package(self) -> &'static str {
         match self {
-            Binary::ApiServer => "-p rkube-apiserver",
-            Binary::Scheduler => "-p rkube-scheduler",
-            Binary::ControllerManager => "-p rkube-controller-manager",
-            Binary::Kubelet => "-p rkubelet",
-            Binary::RawStoreCreates => "-p rkube-store --example raw_creates",
+            Binary::ApiServer => "rkube-apiserver",
+            Binary::Scheduler => "rkube-scheduler",
+            Binary::ControllerManager => "rkube-controller-manager",
+            Binary::Kubelet => "rkubelet",
+            Binary::RawStoreCreates => "rkube-store",
         }
     }
+}
+
+/// The one cargo command that builds `binaries` (an example is not built by default, and
+/// naming one alone would leave the packages' binaries out).
+fn build_command(binaries: &[Binary]) -> String {
+    let mut command = String::from("cargo build --release");
+    for binary in binaries {
+        command.push_str(" -p ");
+        command.push_str(binary.package());
+    }
+    if binaries
+        .iter()
+        .any(|b| matches!(b, Binary::RawStoreCreates))
+    {
+        command.push_str(" --bins --example raw_creates");
+    }
+    command
 }
 
 /// Where the binaries are.
@@ -79,12 +97,11 @@ impl Binaries {
             .collect();
         if !missing.is_empty() {
             let names: Vec<&str> = missing.iter().map(|b| b.relative_path()).collect();
-            let targets: Vec<&str> = missing.iter().map(|b| b.cargo_target()).collect();
             bail!(
-                "{} not found in {}: build with `cargo build --release {}` (or pass --bin-dir)",
+                "{} not found in {}: build with `{}` (or pass --bin-dir)",
                 names.join(", "),
                 binaries.dir.display(),
-                targets.join(" ")
+                build_command(&missing)
             );
         }
         Ok(binaries)
@@ -256,5 +273,22 @@ impl ApiServer {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_build_command_covers_binaries_and_the_store_example() {
+        assert_eq!(
+            build_command(&[Binary::ApiServer, Binary::Kubelet]),
+            "cargo build --release -p rkube-apiserver -p rkubelet"
+        );
+        assert_eq!(
+            build_command(&[Binary::ApiServer, Binary::RawStoreCreates]),
+            "cargo build --release -p rkube-apiserver -p rkube-store --bins --example raw_creates"
+        );
     }
 }

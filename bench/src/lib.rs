@@ -12,8 +12,42 @@ pub mod stats;
 
 pub use rkube_testkit::free_port;
 
-use anyhow::bail;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::Value;
+
+/// Creates pods `make_pod(0..count)` in `namespace` through the API, `concurrency` in
+/// flight; the wall time.
+pub async fn create_pods<F>(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    concurrency: usize,
+    make_pod: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> anyhow::Result<Pod> + Send + Sync + 'static,
+{
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let make_pod = Arc::new(make_pod);
+    let batch = stats::run_concurrent(count, concurrency, move |i| {
+        let (api, make_pod) = (api.clone(), make_pod.clone());
+        async move {
+            let pod = make_pod(i)?;
+            let started = Instant::now();
+            api.create(&PostParams::default(), &pod)
+                .await
+                .with_context(|| format!("creating pod {:?}", pod.metadata.name))?;
+            Ok(started.elapsed())
+        }
+    })
+    .await?;
+    Ok(batch.wall)
+}
 
 /// A kube-rs client for a plain-HTTP API server URL.
 pub fn kube_client(url: &str) -> anyhow::Result<kube::Client> {

@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rkube_bench::components::{ApiServer, BinDirFlag, Binaries, Binary, Storage};
 use rkube_bench::procfs::{cpu_seconds, mib, peak_rss_kib};
-use rkube_bench::stats::run_concurrent;
 use rkube_bench::{kube_client, machine_summary};
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
@@ -51,22 +50,14 @@ async fn create_pods_directly(
     count: i32,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), "baseline");
-    let batch = run_concurrent(usize::try_from(count)?, concurrency, move |i| {
-        let api = api.clone();
-        async move {
-            let started = Instant::now();
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": format!("direct-{i}"), "labels": {"app": "baseline"}},
-                // Nobody schedules these: they measure the API alone.
-                "spec": {"schedulerName": "none", "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
-            }))?;
-            api.create(&PostParams::default(), &pod).await?;
-            Ok(started.elapsed())
-        }
+    rkube_bench::create_pods(client, "baseline", usize::try_from(count)?, concurrency, |i| {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": format!("direct-{i}"), "labels": {"app": "baseline"}},
+            // Nobody schedules these: they measure the API alone.
+            "spec": {"schedulerName": "none", "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+        }))?)
     })
-    .await?;
-    Ok(batch.wall)
+    .await
 }
 
 /// Waits until the Deployment has observed its generation and all replicas are updated,

@@ -19,11 +19,10 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::watcher;
 use rkube_bench::components::{ApiServer, BinDirFlag, Binaries, Binary, Storage};
 use rkube_bench::kube_client;
-use rkube_bench::stats::run_concurrent;
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
 
@@ -58,8 +57,7 @@ fn pod(name: &str, scheduler: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
-/// Creates `count` pods named `<prefix>-<i>` for `scheduler` with `concurrency` in flight;
-/// the wall time.
+/// Creates `count` pods named `<prefix>-<i>` for `scheduler`; the wall time.
 async fn create_pods(
     client: &kube::Client,
     prefix: &str,
@@ -67,20 +65,11 @@ async fn create_pods(
     scheduler: &str,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let (prefix, scheduler) = (prefix.to_string(), scheduler.to_string());
-    let batch = run_concurrent(count, concurrency, move |i| {
-        let (api, name, scheduler) = (api.clone(), format!("{prefix}-{i}"), scheduler.clone());
-        async move {
-            let started = Instant::now();
-            api.create(&PostParams::default(), &pod(&name, &scheduler)?)
-                .await
-                .with_context(|| format!("creating {name}"))?;
-            Ok(started.elapsed())
-        }
+    rkube_bench::create_pods(client, "default", count, concurrency, move |i| {
+        pod(&format!("{prefix}-{i}"), &scheduler)
     })
-    .await?;
-    Ok(batch.wall)
+    .await
 }
 
 #[tokio::main]

@@ -57,20 +57,7 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let create = |pod: Value| {
-        let pods = pods.clone();
-        async move {
-            let mut pod = pod;
-            pod["spec"]["nodeName"] = json!(NODE);
-            pods.create(
-                &PostParams::default(),
-                &serde_json::from_value(pod).unwrap(),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    create(json!({
+    node.create_pod(json!({
         "metadata": {"name": "web"},
         "spec": {
             "terminationGracePeriodSeconds": 5,
@@ -87,12 +74,12 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
         }
     }))
     .await;
-    create(json!({
+    node.create_pod(json!({
         "metadata": {"name": "crasher"},
         "spec": {"containers": [{"name": "app", "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", "exit 3"]}]}
     }))
     .await;
-    create(json!({
+    node.create_pod(json!({
         "metadata": {"name": "bad-command"},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": ["/no/such/binary"]}]}
     }))

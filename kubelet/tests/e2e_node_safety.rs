@@ -7,64 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pod_cgroups, spawn_kubelet, RealNode, RealNodeParams};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
-use rkube_cri::{ContainerRuntime, PodNetwork};
-use serde_json::{json, Value};
+use common::{pod_cgroups, spawn_kubelet, status_of, wait_until, RealNode, RealNodeParams};
+use kube::api::DeleteParams;
+use rkube_cri::PodNetwork;
+use serde_json::json;
 
 const NODE: &str = "safety-node";
 const IMAGE: &str = "busybox:rkube-e2e";
-
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn status_of(pods: &Api<Pod>, name: &str) -> Value {
-    pods.get_opt(name)
-        .await
-        .unwrap()
-        .map(|p| serde_json::to_value(p.status).unwrap())
-        .unwrap_or(Value::Null)
-}
-
-/// This test's view of its node.
-impl RealNode {
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    async fn create(&self, mut pod: Value) -> String {
-        pod["spec"]["nodeName"] = json!(NODE);
-        self.pods()
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(pod).unwrap(),
-            )
-            .await
-            .unwrap()
-            .metadata
-            .uid
-            .unwrap()
-    }
-
-    async fn containers_of(&self, uid: &str) -> usize {
-        self.runtime
-            .list()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|c| c.labels.get(rkube_cri::labels::POD_UID).map(String::as_str) == Some(uid))
-            .count()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() {
@@ -81,7 +30,7 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
 
     // A legitimate nested subPath: created inside the volume and mounted from there.
     let writer_uid = node
-        .create(json!({
+        .create_pod(json!({
             "metadata": {"name": "writer"},
             "spec": {
                 "terminationGracePeriodSeconds": 1,
@@ -93,7 +42,10 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
                 }]
             }
         }))
-        .await;
+        .await
+        .metadata
+        .uid
+        .unwrap();
     let written = node
         .dir
         .path()
@@ -112,7 +64,7 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
 
     // An init container plants a symlink to / in the volume; the subPath through it is
     // refused instead of bind-mounting the host's /etc.
-    node.create(json!({
+    node.create_pod(json!({
         "metadata": {"name": "escaper"},
         "spec": {
             "terminationGracePeriodSeconds": 1,
@@ -158,7 +110,7 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
         .unwrap();
     assert!(pods.get_opt("writer").await.unwrap().is_none());
     assert_eq!(
-        node.containers_of(&writer_uid).await,
+        node.containers_of(&writer_uid).await.len(),
         1,
         "left running while down"
     );
@@ -173,7 +125,7 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
         let writer_uid = uid_ref.clone();
         let pod_dir = pod_dir.clone();
         async move {
-            node.containers_of(&writer_uid).await == 0
+            node.containers_of(&writer_uid).await.is_empty()
                 && node.network.status(&writer_uid).await.unwrap().is_none()
                 && pod_cgroups(&writer_uid).is_empty()
                 && !pod_dir.exists()

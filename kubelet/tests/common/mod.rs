@@ -166,6 +166,20 @@ impl RealNode {
         }
     }
 
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates the pod in `default`, bound to this node.
+    pub async fn create_pod(&self, pod: Value) -> Pod {
+        create_pod(&self.client, self.node, pod).await
+    }
+
+    /// The runtime's containers of the pod `uid`.
+    pub async fn containers_of(&self, uid: &str) -> Vec<ContainerInfo> {
+        containers_of(self.runtime.as_ref(), uid).await
+    }
+
     /// The kubelet's root directory.
     pub fn kubelet_root(&self) -> PathBuf {
         self.dir.path().join("kubelet")
@@ -241,6 +255,15 @@ pub fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
     dirs.into_iter().filter(|d| d.is_dir()).collect()
 }
 
+/// The pod's status as JSON (null while the pod does not exist).
+pub async fn status_of(pods: &Api<Pod>, name: &str) -> Value {
+    pods.get_opt(name)
+        .await
+        .unwrap()
+        .map(|p| serde_json::to_value(p.status).unwrap())
+        .unwrap_or(Value::Null)
+}
+
 /// Polls the pod's status until `check` holds, for up to 90 s; returns that status.
 pub async fn wait_for_status(
     pods: &Api<Pod>,
@@ -250,12 +273,7 @@ pub async fn wait_for_status(
 ) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let status = pods
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|p| serde_json::to_value(p.status).unwrap())
-            .unwrap_or(Value::Null);
+        let status = status_of(pods, name).await;
         if check(&status) {
             return status;
         }
@@ -265,6 +283,39 @@ pub async fn wait_for_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `check` until it holds, for up to 90 s.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates `pod` (JSON without apiVersion and kind) in `default`, bound to `node`.
+pub async fn create_pod(client: &Client, node: &str, mut pod: Value) -> Pod {
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    pod["spec"]["nodeName"] = json!(node);
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod).await.unwrap()
+}
+
+/// The containers `runtime` has of the pod `uid`.
+pub async fn containers_of(runtime: &dyn ContainerRuntime, uid: &str) -> Vec<ContainerInfo> {
+    runtime
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
+        .collect()
 }
 
 /// What a fake runtime reports for its one busybox container: running, or exited with 0
@@ -352,26 +403,13 @@ impl FakeNode {
     }
 
     /// Creates the pod in `default`, bound to this node.
-    pub async fn create_pod(&self, mut pod: Value) -> Pod {
-        pod["apiVersion"] = json!("v1");
-        pod["kind"] = json!("Pod");
-        pod["spec"]["nodeName"] = json!(self.node);
-        let pod: Pod = serde_json::from_value(pod).unwrap();
-        self.pods()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap()
+    pub async fn create_pod(&self, pod: Value) -> Pod {
+        create_pod(&self.client, self.node, pod).await
     }
 
     /// The runtime's containers of the pod `uid`.
     pub async fn containers_of(&self, uid: &str) -> Vec<ContainerInfo> {
-        self.runtime
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
-            .collect()
+        containers_of(&self.runtime, uid).await
     }
 
     pub async fn stop(self) {

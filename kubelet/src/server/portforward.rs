@@ -15,6 +15,10 @@
 //! to connect is written as text on the error stream; the error stream always ends with
 //! FIN, since the client waits for it. Other connections of the session carry on.
 //!
+//! Clients that speak the WebSocket channel protocol instead (kube-rs, the Python client:
+//! subprotocol `v4.channel.k8s.io`, ports in the query) get one connection per port, on
+//! channels `2i` (data) and `2i+1` (errors) for the `i`th port; see [`channel_session`].
+//!
 //! The connection is opened by a short-lived thread that enters the pod's namespace with
 //! `setns` (a socket stays in the namespace it was created in), never by a runtime worker
 //! thread, which would stay in the pod's namespace afterwards.
@@ -50,6 +54,11 @@ use crate::api::PodPorts;
 const PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket subprotocol of SPDY tunnelled in WebSocket.
 const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// WebSocket subprotocols in order of preference: the tunnel, then the channel protocol
+/// (binary only; the base64 variant is not offered).
+const WEBSOCKET_PROTOCOLS: [&str; 3] = [TUNNEL_PROTOCOL, "v4.channel.k8s.io", "channel.k8s.io"];
+/// Two channels per port must fit in the channel byte.
+const MAX_CHANNEL_PORTS: usize = 128;
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 /// How long the second stream of a connection may take to follow the first (upstream's
 /// default `streamCreationTimeout`).
@@ -89,15 +98,16 @@ pub(crate) async fn serve(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let result = if wants_websocket {
-        tunnelled(target, request).await
+        websocket(target, request).await
     } else {
         plain_spdy(target, request)
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// SPDY inside WebSocket binary messages.
-async fn tunnelled(target: Arc<Target>, request: Request) -> Result<Response, RequestError> {
+/// A WebSocket: SPDY tunnelled in binary messages (kubectl), or the channel protocol
+/// (kube-rs, the Python client).
+async fn websocket(target: Arc<Target>, request: Request) -> Result<Response, RequestError> {
     let (mut parts, _body) = request.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
@@ -106,21 +116,138 @@ async fn tunnelled(target: Arc<Target>, request: Request) -> Result<Response, Re
                 "unable to upgrade connection: {}",
                 rejection.body_text()
             ))
-        })?
-        .protocols([TUNNEL_PROTOCOL]);
-    if upgrade.selected_protocol().is_none() {
+        })?;
+    let offered = upgrade.requested_protocols().count();
+    let upgrade = upgrade.protocols(WEBSOCKET_PROTOCOLS);
+    let tunnel = match upgrade.selected_protocol().map(|p| p.as_bytes()) {
+        Some(protocol) => protocol == TUNNEL_PROTOCOL.as_bytes(),
+        None if offered == 0 => false,
+        None => {
+            return Err(RequestError::BadRequest(format!(
+                "unable to upgrade connection: none of the requested subprotocols is supported (supported: {})",
+                WEBSOCKET_PROTOCOLS.join(", ")
+            )))
+        }
+    };
+    if tunnel {
+        return Ok(upgrade.on_upgrade(move |socket| async move {
+            let (session_side, bridge_side) = tokio::io::duplex(2 * CHUNK);
+            let session = tokio::spawn(run_session(session_side, target));
+            bridge(socket, bridge_side).await;
+            if let Err(e) = session.await {
+                tracing::warn!(error = %e, "port-forward session failed");
+            }
+        }));
+    }
+    let ports = query_ports(parts.uri.query().unwrap_or(""))?;
+    Ok(upgrade.on_upgrade(move |socket| channel_session(socket, target, ports)))
+}
+
+/// The ports of a channel-protocol request: `port=` (what upstream's API server sends) or
+/// `ports=` (what clients send it, passed through here), repeated or comma-separated.
+fn query_ports(query: &str) -> Result<Vec<u16>, RequestError> {
+    let mut ports = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "port" && key != "ports" {
+            continue;
+        }
+        let value = value.replace("%2C", ",").replace("%2c", ",");
+        if value.is_empty() {
+            return Err(RequestError::BadRequest(format!(
+                "query parameter \"{key}\" cannot be empty"
+            )));
+        }
+        for port in value.split(',') {
+            match port.parse::<u16>() {
+                Ok(0) => {
+                    return Err(RequestError::BadRequest(format!(
+                        "port \"{value}\" must be > 0"
+                    )))
+                }
+                Ok(port) => ports.push(port),
+                Err(e) => {
+                    return Err(RequestError::BadRequest(format!(
+                        "unable to parse \"{value}\" as a port: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err(RequestError::BadRequest(
+            "query parameter \"port\" is required".into(),
+        ));
+    }
+    if ports.len() > MAX_CHANNEL_PORTS {
         return Err(RequestError::BadRequest(format!(
-            "unable to upgrade connection: none of the requested subprotocols is supported (supported: {TUNNEL_PROTOCOL})"
+            "at most {MAX_CHANNEL_PORTS} ports can be forwarded over one connection"
         )));
     }
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let (session_side, bridge_side) = tokio::io::duplex(2 * CHUNK);
-        let session = tokio::spawn(run_session(session_side, target));
-        bridge(socket, bridge_side).await;
-        if let Err(e) = session.await {
-            tracing::warn!(error = %e, "port-forward session failed");
+    Ok(ports)
+}
+
+/// The channel protocol: port `i` is forwarded over one connection, on channels `2i`
+/// (data, both ways) and `2i+1` (errors, to the client); each channel's first message is
+/// the port, little-endian. The WebSocket closes once every port's connection has ended.
+async fn channel_session(socket: WebSocket, target: Arc<Target>, ports: Vec<u16>) {
+    let (mut sink, mut source) = socket.split();
+    let (out, mut outgoing) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if sink.send(message).await.is_err() {
+                return;
+            }
         }
-    }))
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    let mut queues = Vec::with_capacity(ports.len());
+    let mut forwards = JoinSet::new();
+    for (index, port) in ports.into_iter().enumerate() {
+        // At most MAX_CHANNEL_PORTS ports, so both channels fit in a byte.
+        let data = (2 * index) as u8;
+        let error = data + 1;
+        for channel in [data, error] {
+            let _ = out.send(channel_frame(channel, &port.to_le_bytes())).await;
+        }
+        let (queue, inbound) = mpsc::channel(INBOUND_QUEUE);
+        queues.push(queue);
+        let streams = Streams::Channels {
+            error,
+            data,
+            out: out.clone(),
+        };
+        forwards.spawn(forward(target.clone(), port, streams, inbound));
+    }
+    drop(out);
+    let from_client = async move {
+        while let Some(Ok(message)) = source.next().await {
+            let frame = match message {
+                Message::Binary(frame) => frame,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, payload)) = frame.split_first() else {
+                continue;
+            };
+            // Odd channels carry errors to the client only.
+            let queue = (channel & 1 == 0)
+                .then(|| queues.get(usize::from(channel / 2)))
+                .flatten();
+            if let (Some(queue), false) = (queue, payload.is_empty()) {
+                // A forward that has ended no longer reads; its data is dropped.
+                let _ = queue.send(Inbound::Data(frame.slice(1..))).await;
+            }
+        }
+    };
+    let all_forwarded = async { while forwards.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = from_client => {}
+        _ = all_forwarded => {}
+    }
+    // Ends what is still running; the writer then closes the WebSocket.
+    drop(forwards);
+    let _ = writer.await;
 }
 
 /// Carries the byte stream of `pipe` in WebSocket binary messages, both ways, until either
@@ -444,7 +571,7 @@ impl Session {
                 data_stream: Some((data_stream, port, inbound)),
             }) = self.pairs.remove(&request_id)
             {
-                let streams = Streams {
+                let streams = Streams::Spdy {
                     error: error_stream,
                     data: data_stream,
                     out: self.out.clone(),
@@ -508,24 +635,80 @@ fn stream_headers(headers: &Headers) -> Result<(u16, StreamType), String> {
     }
 }
 
-/// The streams of one forwarded connection and the way out to the client.
-struct Streams {
-    error: u32,
-    data: u32,
-    out: mpsc::Sender<Frame>,
+/// The two streams of one forwarded connection and the way out to the client.
+enum Streams {
+    /// SPDY streams (ids), ended with FIN.
+    Spdy {
+        error: u32,
+        data: u32,
+        out: mpsc::Sender<Frame>,
+    },
+    /// WebSocket channels (numbers), which the channel protocol cannot end one by one.
+    Channels {
+        error: u8,
+        data: u8,
+        out: mpsc::Sender<Message>,
+    },
 }
 
 impl Streams {
-    async fn send(&self, stream_id: u32, fin: bool, data: Bytes) -> bool {
-        self.out
-            .send(Frame::Data {
-                stream_id,
-                fin,
-                data,
-            })
-            .await
-            .is_ok()
+    /// Sends `data` on one of the streams, then ends it if `fin`. False once the client
+    /// side of the session is gone.
+    async fn send(&self, stream: StreamType, fin: bool, data: Bytes) -> bool {
+        match self {
+            Streams::Spdy {
+                error,
+                data: d,
+                out,
+            } => {
+                let stream_id = if stream == StreamType::Error {
+                    *error
+                } else {
+                    *d
+                };
+                out.send(Frame::Data {
+                    stream_id,
+                    fin,
+                    data,
+                })
+                .await
+                .is_ok()
+            }
+            Streams::Channels {
+                error,
+                data: d,
+                out,
+            } => {
+                if data.is_empty() {
+                    return !out.is_closed();
+                }
+                let channel = if stream == StreamType::Error {
+                    *error
+                } else {
+                    *d
+                };
+                out.send(channel_frame(channel, &data)).await.is_ok()
+            }
+        }
     }
+}
+
+fn channel_frame(channel: u8, data: &[u8]) -> Message {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(channel);
+    frame.extend_from_slice(data);
+    Message::Binary(Bytes::from(frame))
+}
+
+/// How copying from the client to the pod ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    /// The client's FIN, passed on as a write shutdown.
+    Finished,
+    /// The client reset the stream (or the session ended): the connection is abandoned.
+    Reset,
+    /// Writing to the pod failed; its replies may still come.
+    PodStoppedReading,
 }
 
 /// Connects to the pod's `port` and copies both ways; see the module docs for when it ends.
@@ -548,29 +731,30 @@ async fn forward(
             );
             tracing::info!(%message, "port-forward");
             streams
-                .send(streams.error, false, Bytes::from(message))
+                .send(StreamType::Error, false, Bytes::from(message))
                 .await;
-            streams.send(streams.error, true, Bytes::new()).await;
-            streams.send(streams.data, true, Bytes::new()).await;
+            streams.send(StreamType::Error, true, Bytes::new()).await;
+            streams.send(StreamType::Data, true, Bytes::new()).await;
             return;
         }
     };
     let (mut from_pod, mut to_pod) = connection.into_split();
-    let client_to_pod = async {
+    // Owns the queue, so once it ends the session stops queueing for this connection.
+    let client_to_pod = async move {
         while let Some(message) = inbound.recv().await {
             match message {
                 Inbound::Data(data) => {
                     if to_pod.write_all(&data).await.is_err() {
-                        return false;
+                        return ClientSide::PodStoppedReading;
                     }
                 }
                 Inbound::Fin => {
                     let _ = to_pod.shutdown().await;
-                    return true;
+                    return ClientSide::Finished;
                 }
             }
         }
-        false
+        ClientSide::Reset
     };
     let pod_to_client = async {
         let mut buf = BytesMut::with_capacity(CHUNK);
@@ -580,7 +764,7 @@ async fn forward(
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     if !streams
-                        .send(streams.data, false, buf.split().freeze())
+                        .send(StreamType::Data, false, buf.split().freeze())
                         .await
                     {
                         return;
@@ -588,23 +772,23 @@ async fn forward(
                 }
             }
         }
-        streams.send(streams.data, true, Bytes::new()).await;
+        streams.send(StreamType::Data, true, Bytes::new()).await;
     };
     tokio::pin!(client_to_pod, pod_to_client);
     let mut client_finished = false;
     loop {
         tokio::select! {
-            finished = &mut client_to_pod, if !client_finished => {
-                if !finished {
-                    // Reset by the client, or the pod stopped reading: nothing more to do.
+            client = &mut client_to_pod, if !client_finished => {
+                if client == ClientSide::Reset {
                     break;
                 }
+                // What the pod still sends goes out until it closes.
                 client_finished = true;
             }
             _ = &mut pod_to_client => break,
         }
     }
-    streams.send(streams.error, true, Bytes::new()).await;
+    streams.send(StreamType::Error, true, Bytes::new()).await;
 }
 
 /// A connection to `localhost:port` in the pod's network.
@@ -889,6 +1073,163 @@ mod tests {
             stream_headers(&headers(&[("port", "80")])),
             Err("\"streamtype\" header is required".into())
         );
+    }
+
+    /// Knows one pod, default/web, whose network is this test's own namespace.
+    struct OnePod;
+
+    #[async_trait::async_trait]
+    impl KubeletApi for OnePod {
+        async fn running_container(
+            &self,
+            _namespace: &str,
+            _pod: &str,
+            _container: Option<&str>,
+        ) -> Result<String, crate::api::LookupError> {
+            Err(crate::api::LookupError::NotFound("no containers".into()))
+        }
+        async fn log_paths(
+            &self,
+            _namespace: &str,
+            _pod: &str,
+            _container: Option<&str>,
+            _previous: bool,
+        ) -> Result<rkube_cri::LogPaths, crate::api::LookupError> {
+            Err(crate::api::LookupError::NotFound("no logs".into()))
+        }
+        fn runtime_for(&self, _id: &str) -> Option<Arc<dyn rkube_cri::ContainerRuntime>> {
+            None
+        }
+        async fn pod_ports(
+            &self,
+            namespace: &str,
+            pod: &str,
+        ) -> Result<PodPorts, crate::api::LookupError> {
+            if (namespace, pod) != ("default", "web") {
+                return Err(crate::api::LookupError::NotFound(format!(
+                    "pod {pod:?} not found"
+                )));
+            }
+            Ok(PodPorts {
+                uid: "uid-1".into(),
+                netns: Some(PathBuf::from("/proc/self/ns/net")),
+            })
+        }
+    }
+
+    /// Answers the first chunk it reads with "echo:" and that chunk, then closes.
+    async fn echo_once_server() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = socket.read(&mut buf).await.unwrap();
+                    socket.write_all(b"echo:").await.unwrap();
+                    socket.write_all(&buf[..n]).await.unwrap();
+                });
+            }
+        });
+        port
+    }
+
+    /// The next binary message; None once the WebSocket closes.
+    async fn next_binary<S, E>(socket: &mut S) -> Option<Vec<u8>>
+    where
+        S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        loop {
+            match socket.next().await {
+                Some(Ok(WsMessage::Binary(data))) => return Some(data.to_vec()),
+                Some(Ok(WsMessage::Close(_))) | None => return None,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_websocket_channel_protocol_forwards_each_port_on_its_channels() {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let kubelet = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, super::super::router(Arc::new(OnePod)))
+                .await
+                .unwrap()
+        });
+        let open = echo_once_server().await;
+        let closed = closed_port().await;
+        let url = format!("ws://{kubelet}/portForward/default/web?ports={open}%2C{closed}");
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            "v4.channel.k8s.io"
+        );
+        // Each channel first names its port.
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            firsts.push(next_binary(&mut socket).await.unwrap());
+        }
+        firsts.sort();
+        let named = |channel: u8, port: u16| {
+            let mut frame = vec![channel];
+            frame.extend_from_slice(&port.to_le_bytes());
+            frame
+        };
+        let mut expected = vec![
+            named(0, open),
+            named(1, open),
+            named(2, closed),
+            named(3, closed),
+        ];
+        expected.sort();
+        assert_eq!(firsts, expected);
+
+        socket
+            .send(WsMessage::Binary(Bytes::from_static(b"\x00hi")))
+            .await
+            .unwrap();
+        let mut data = Vec::new();
+        let mut errors = String::new();
+        while let Some(frame) = next_binary(&mut socket).await {
+            match frame[0] {
+                0 => data.extend_from_slice(&frame[1..]),
+                3 => errors.push_str(std::str::from_utf8(&frame[1..]).unwrap()),
+                other => panic!("unexpected channel {other}: {frame:?}"),
+            }
+        }
+        // Both forwards ended (the pod closed; the other port refused), and so did the
+        // WebSocket.
+        assert_eq!(data, b"echo:hi");
+        assert!(
+            errors.starts_with(&format!(
+                "error forwarding port {closed} to pod default/web"
+            )),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn channel_protocol_ports_come_from_the_query() {
+        assert_eq!(query_ports("ports=80%2C8080").unwrap(), vec![80, 8080]);
+        assert_eq!(query_ports("port=80&port=81").unwrap(), vec![80, 81]);
+        assert_eq!(
+            query_ports("container=x").unwrap_err(),
+            RequestError::BadRequest("query parameter \"port\" is required".into())
+        );
+        assert!(query_ports("ports=0").is_err());
+        assert!(query_ports("ports=http").is_err());
     }
 
     #[test]

@@ -16,8 +16,7 @@ use crate::error::ApiResult;
 use crate::objects;
 use crate::query::parse_resource_version;
 use crate::render;
-use crate::strategy;
-use crate::strategy::{namespace, pod, workloads, UpdateScope};
+use crate::strategy::{self, namespace, pod, workloads, UpdateScope};
 use crate::ApiState;
 
 pub(super) async fn scale_get(state: Arc<ApiState>, req: Request) -> ApiResult<Response> {

@@ -116,6 +116,7 @@ pub(super) async fn write_loop(
     Err(ApiError::conflict(resource, &name).into())
 }
 
+/// The outcome of a [`commit`].
 pub(super) enum Committed {
     /// Written (or removed); the object as the client should see it.
     Stored(Value),
@@ -123,9 +124,6 @@ pub(super) enum Committed {
     Conflict,
 }
 
-/// Writes `new` over the version at `base_revision` (compare-and-swap), or, when `new` may
-/// now leave storage (terminating, no finalizers, no grace period left), removes the
-/// object and returns `removed_as` (default: `new`) stamped with the deletion revision.
 /// What a [`commit`] stores, for the size limit it is held to.
 #[derive(Clone, Copy)]
 pub(super) enum WriteKind {
@@ -134,6 +132,9 @@ pub(super) enum WriteKind {
     DeletionMark,
 }
 
+/// Writes `new` over the version at `base_revision` (compare-and-swap), or, when `new` may
+/// now leave storage (terminating, no finalizers, no grace period left), removes the
+/// object and returns `removed_as` (default: `new`) stamped with the deletion revision.
 pub(super) async fn commit(
     state: &ApiState,
     req: &Request,
@@ -173,6 +174,7 @@ pub(super) async fn commit(
     }
 }
 
+/// PUT of the object or its status.
 pub(super) async fn update(
     state: Arc<ApiState>,
     req: Request,
@@ -183,7 +185,6 @@ pub(super) async fn update(
     let expected = parse_resource_version(body["metadata"]["resourceVersion"].as_str())?;
     let updated = write_loop(&state, &req, expected, |old| {
         let mut new = body.clone();
-        // Typed first, also for finalize: the fields taken below must have their types.
         objects::check_schema(resource, &mut new, req.params.strict_fields())?;
         strategy::prepare_update(resource, old, &mut new, scope)?;
         Ok(new)
@@ -192,6 +193,7 @@ pub(super) async fn update(
     Ok(respond_object(&req, StatusCode::OK, &updated))
 }
 
+/// PATCH of the object or its status; a server-side apply of a missing object creates it.
 pub(super) async fn patch(
     state: Arc<ApiState>,
     req: Request,

@@ -14,9 +14,12 @@ use tokio::net::TcpListener;
 /// A component's readiness check: `Err(reason)` while not ready.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// A router serving `/healthz`, `/livez` and `/readyz`. Merge a component's own routes
-/// (the controller manager's `/leader`) into it.
-pub fn router(ready: ReadyCheck) -> Router {
+/// A router serving `/healthz`, `/livez` and `/readyz`; a component adds its own routes
+/// (the controller manager's `/leader`, the kubelet's logs and exec) with any state.
+pub fn router<S>(ready: ReadyCheck) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))

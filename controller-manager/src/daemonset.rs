@@ -17,12 +17,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_api::semantics::scheduling::{pod_fits_node_affinity, tolerates, NodeView};
 use rkube_runtime::{
-    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
-    EventRecorder, Expectations, WorkQueue,
+    object_reference, run_reconcile_workers, Action, Backoff, Change, EventRecorder, Expectations,
+    SharedInformers, WorkQueue,
 };
 use tokio::task::JoinSet;
 
@@ -33,7 +32,7 @@ use crate::util::{
     observe_pod_among, patch_status_if_changed, pod_is_available, pod_is_ready, pods_controlled_by,
     scaled_value, split_key, PodWriteLog,
 };
-use crate::{ControllerError, Shared, SharedPods};
+use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "daemonset";
 /// The template hash label on daemon pods (upstream puts the ControllerRevision's hash here).
@@ -48,32 +47,26 @@ struct DaemonSetController {
     recorder: EventRecorder,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let daemonsets = spawn_informer(
-        tasks,
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(&queue),
-    );
-    shared_pods.on_change(enqueue_controller_of(&queue, "DaemonSet"));
-    let pods = shared_pods.store();
+    let (daemonsets, daemonsets_synced) = informers
+        .all::<DaemonSet>()
+        .subscribe(enqueue_own_key(&queue));
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(enqueue_controller_of(&queue, "DaemonSet"));
     // Any node change can change where daemons should run.
     let node_queue = queue.clone();
     let ds_cache = daemonsets.clone();
-    let nodes = spawn_informer(
-        tasks,
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        move |_change: Change<'_, Node>| {
-            for ds in ds_cache.state() {
-                node_queue.add(key_of(&ds.namespace().unwrap_or_default(), &ds.name_any()));
-            }
-        },
-    );
+    let (nodes, nodes_synced) =
+        informers
+            .all::<Node>()
+            .subscribe(move |_change: Change<'_, Node>| {
+                for ds in ds_cache.state() {
+                    node_queue.add(key_of(&ds.namespace().unwrap_or_default(), &ds.name_any()));
+                }
+            });
     let controller = Arc::new(DaemonSetController {
         client: client.clone(),
         daemonsets,
@@ -83,11 +76,10 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         recorder: EventRecorder::new(client, "daemonset-controller", &shared.identity),
     });
     let workers = shared.workers;
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = controller.daemonsets.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = controller.nodes.wait_until_ready().await;
+        daemonsets_synced.wait().await;
+        pods_synced.wait().await;
+        nodes_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

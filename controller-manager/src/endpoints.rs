@@ -16,15 +16,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_api::selectors::set_selector_matches;
-use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
+use rkube_runtime::{
+    run_reconcile_workers, Action, Backoff, Change, SharedInformers, Synced, WorkQueue,
+};
 use tokio::task::JoinSet;
 
 use crate::util::{enqueue_own_key, is_terminating, key_of, pod_is_ready, split_key};
-use crate::{ControllerError, Shared, SharedPods};
+use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "endpoints";
 /// Upstream marks the Endpoints (and slices) of headless services with this label.
@@ -68,46 +69,39 @@ impl PodServices {
 /// the services selecting it now *and* the ones that listed it before (a label change
 /// must take it out of the old service's endpoints).
 pub(crate) fn watch_services_and_pods(
-    tasks: &mut JoinSet<()>,
-    client: &kube::Client,
     queue: &Arc<WorkQueue<String>>,
-    shared_pods: &mut SharedPods,
-) -> (Store<Service>, Store<Pod>, PodServices) {
-    let services = spawn_informer(
-        tasks,
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(queue),
-    );
+    informers: &mut SharedInformers,
+) -> (Store<Service>, Store<Pod>, PodServices, [Synced; 2]) {
+    let (services, services_synced) = informers.all::<Service>().subscribe(enqueue_own_key(queue));
     let pod_queue = queue.clone();
     let svc_cache = services.clone();
     let index = PodServices::default();
     let last_selected = index.0.clone();
-    shared_pods.on_change(move |change: Change<'_, Pod>| {
-        let pod = change.object();
-        let pod_key = key_of(&pod.namespace().unwrap_or_default(), &pod.name_any());
-        let now: HashSet<String> = match change {
-            Change::Deleted(_) => HashSet::new(),
-            Change::Applied(_) => svc_cache
-                .state()
-                .iter()
-                .filter(|svc| selects(svc, pod))
-                .map(|svc| key_of(&svc.namespace().unwrap_or_default(), &svc.name_any()))
-                .collect(),
-        };
-        let mut last = last_selected.lock();
-        let before = if now.is_empty() {
-            last.remove(&pod_key)
-        } else {
-            last.insert(pod_key, now.clone())
-        };
-        for key in now.iter().chain(before.iter().flatten()) {
-            pod_queue.add(key.clone());
-        }
-    });
-    let pods = shared_pods.store();
-    (services, pods, index)
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(move |change: Change<'_, Pod>| {
+            let pod = change.object();
+            let pod_key = key_of(&pod.namespace().unwrap_or_default(), &pod.name_any());
+            let now: HashSet<String> = match change {
+                Change::Deleted(_) => HashSet::new(),
+                Change::Applied(_) => svc_cache
+                    .state()
+                    .iter()
+                    .filter(|svc| selects(svc, pod))
+                    .map(|svc| key_of(&svc.namespace().unwrap_or_default(), &svc.name_any()))
+                    .collect(),
+            };
+            let mut last = last_selected.lock();
+            let before = if now.is_empty() {
+                last.remove(&pod_key)
+            } else {
+                last.insert(pod_key, now.clone())
+            };
+            for key in now.iter().chain(before.iter().flatten()) {
+                pod_queue.add(key.clone());
+            }
+        });
+    (services, pods, index, [services_synced, pods_synced])
 }
 
 /// The pods of the service's namespace its selector picks.
@@ -292,17 +286,13 @@ struct EndpointsController {
     index: PodServices,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let (services, pods, index) = watch_services_and_pods(tasks, &client, &queue, shared_pods);
-    let endpoints = spawn_informer(
-        tasks,
-        Api::<Endpoints>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(&queue),
-    );
+    let (services, pods, index, synced) = watch_services_and_pods(&queue, informers);
+    let (endpoints, endpoints_synced) = informers
+        .all::<Endpoints>()
+        .subscribe(enqueue_own_key(&queue));
     let controller = Arc::new(EndpointsController {
         client,
         services,
@@ -311,11 +301,11 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         index,
     });
     let workers = shared.workers;
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = controller.services.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = controller.endpoints.wait_until_ready().await;
+        for informer in synced {
+            informer.wait().await;
+        }
+        endpoints_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

@@ -12,10 +12,9 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    run_reconcile_workers, spawn_informer, Action, Backoff, Change, Expectations, Observed,
+    run_reconcile_workers, Action, Backoff, Change, Expectations, Observed, SharedInformers,
     WorkQueue,
 };
 use tokio::task::JoinSet;
@@ -25,7 +24,7 @@ use crate::endpoints::{
     watch_services_and_pods, PodServices, ResolvedPort, HEADLESS_LABEL,
 };
 use crate::util::{controller_owner_ref, key_of, split_key};
-use crate::{ControllerError, Shared, SharedPods};
+use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "endpointslice";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -43,23 +42,25 @@ struct EndpointSliceController {
     index: PodServices,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let (services, pods, index) = watch_services_and_pods(tasks, &client, &queue, shared_pods);
+    let (services, pods, index, synced) = watch_services_and_pods(&queue, informers);
     let slice_queue = queue.clone();
-    let slices = spawn_informer(
-        tasks,
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        (),
-        move |change: Change<'_, EndpointSlice>| {
-            let slice = change.object();
-            if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
-                slice_queue.add(key_of(&slice.namespace().unwrap_or_default(), svc));
-            }
-        },
-    );
+    // Every slice, so the garbage collector shares this watch; the controller looks only
+    // at the slices it manages.
+    let (slices, slices_synced) =
+        informers
+            .all::<EndpointSlice>()
+            .subscribe(move |change: Change<'_, EndpointSlice>| {
+                let slice = change.object();
+                if !managed_here(slice) {
+                    return;
+                }
+                if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
+                    slice_queue.add(key_of(&slice.namespace().unwrap_or_default(), svc));
+                }
+            });
     let controller = Arc::new(EndpointSliceController {
         client,
         services,
@@ -69,16 +70,20 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         index,
     });
     let workers = shared.workers;
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = controller.services.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
-        let _ = controller.slices.wait_until_ready().await;
+        for informer in synced {
+            informer.wait().await;
+        }
+        slices_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })
         .await;
     });
+}
+
+fn managed_here(slice: &EndpointSlice) -> bool {
+    slice.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
 }
 
 /// A slice as the controller wants it: its ports and endpoints.
@@ -150,7 +155,8 @@ impl EndpointSliceController {
             .state()
             .into_iter()
             .filter(|s| {
-                s.namespace().as_deref() == Some(namespace)
+                managed_here(s)
+                    && s.namespace().as_deref() == Some(namespace)
                     && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
             })
             .collect();

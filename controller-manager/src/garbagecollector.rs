@@ -15,10 +15,9 @@ use kube::api::{
     DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
-use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, Change, WorkQueue};
+use rkube_runtime::{run_reconcile_workers, Action, Backoff, Change, SharedInformers, WorkQueue};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -106,7 +105,7 @@ struct GarbageCollector {
     graph: Arc<Mutex<Graph>>,
 }
 
-pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
+pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let client = shared.client.clone();
     let resources = loop {
         match deletable_resources(&client).await {
@@ -124,16 +123,14 @@ pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     let queue: Arc<WorkQueue<Node>> = WorkQueue::new(Backoff::default());
     let graph = Arc::new(Mutex::new(Graph::default()));
     let mut stores = Vec::new();
+    let mut synced = Vec::new();
     for (index, resource) in resources.iter().enumerate() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.resource);
         let queue = queue.clone();
         let graph = graph.clone();
         let namespaced = resource.namespaced;
-        let store = spawn_informer(
-            tasks,
-            api,
-            watcher::Config::default(),
-            resource.resource.clone(),
+        // Metadata is all the graph needs; a resource another controller watches typed
+        // shares that watch.
+        let (store, store_synced) = informers.metadata(&resource.resource).subscribe(
             move |change: Change<'_, DynamicObject>| {
                 let obj = change.object();
                 let Some(uid) = obj.uid() else { return };
@@ -171,6 +168,7 @@ pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
             },
         );
         stores.push(store);
+        synced.push(store_synced);
     }
     let gc = Arc::new(GarbageCollector {
         client,
@@ -180,8 +178,8 @@ pub async fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     });
     let workers = shared.workers;
     tasks.spawn(async move {
-        for store in &gc.stores {
-            let _ = store.wait_until_ready().await;
+        for store_synced in synced {
+            store_synced.wait().await;
         }
         run_reconcile_workers(NAME, queue, workers, gc, |g, node: Node| async move {
             g.reconcile(&node).await

@@ -19,12 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_runtime::{
-    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
-    EventType, Expectations, WorkQueue,
+    object_reference, run_reconcile_workers, Action, Backoff, EventRecorder, EventType,
+    Expectations, SharedInformers, WorkQueue,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
@@ -34,7 +33,7 @@ use crate::util::{
     controller_owner_ref, enqueue_controller_of, enqueue_own_key, is_terminating, now,
     observe_pod_among, pod_is_active, pod_is_ready, pods_controlled_by, split_key, PodWriteLog,
 };
-use crate::{ControllerError, Shared, SharedPods};
+use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "job";
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
@@ -53,18 +52,13 @@ struct JobController {
     failures_seen: Mutex<HashMap<String, (i32, Instant)>>,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let jobs = spawn_informer(
-        tasks,
-        Api::<Job>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(&queue),
-    );
-    shared_pods.on_change(enqueue_controller_of(&queue, "Job"));
-    let pods = shared_pods.store();
+    let (jobs, jobs_synced) = informers.all::<Job>().subscribe(enqueue_own_key(&queue));
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(enqueue_controller_of(&queue, "Job"));
     let controller = Arc::new(JobController {
         client: client.clone(),
         jobs,
@@ -75,10 +69,9 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         failures_seen: Mutex::new(HashMap::new()),
     });
     let workers = shared.workers;
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = controller.jobs.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
+        jobs_synced.wait().await;
+        pods_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

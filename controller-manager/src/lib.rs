@@ -4,6 +4,8 @@
 //! - [`run`]: serves `/healthz` on the listener, campaigns for the Lease
 //!   `kube-system/rkube-controller-manager`, and while leading runs the selected
 //!   controllers; losing the lease stops them, regaining it starts them afresh.
+//! - `controllers`: which controllers `--controllers` selects; they register with one set
+//!   of shared informers (one watch per resource) before the watches start.
 //! - one module per controller (`replicaset`, `deployment`, `garbagecollector`,
 //!   `namespace`, `nodelifecycle`, `endpoints`, `endpointslice`, `daemonset`, `job`,
 //!   `statefulset`), each built the same way: informers (rkube-runtime) map changes to keys
@@ -13,6 +15,7 @@
 //! Controllers never talk to storage; everything goes through the API server.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod controllers;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
@@ -34,32 +37,14 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::Store;
-use kube::runtime::{watcher, WatchStreamExt};
 use rkube_runtime::component::health;
-use rkube_runtime::{run_elected, Change, ControllerSelection, LeaderElectionConfig};
+use rkube_runtime::{run_elected, ControllerSelection, LeaderElectionConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use controllers::{enabled_controllers, start_controllers, KNOWN_CONTROLLERS};
 pub use rkube_runtime::component::{ApiServerError, ApiServerTarget};
-
-/// Every controller name `--controllers` accepts, in upstream's spelling.
-pub const KNOWN_CONTROLLERS: &[&str] = &[
-    replicaset::NAME,
-    deployment::NAME,
-    garbagecollector::NAME,
-    namespace::NAME,
-    nodelifecycle::NAME,
-    endpoints::NAME,
-    endpointslice::NAME,
-    daemonset::NAME,
-    job::NAME,
-    statefulset::NAME,
-];
 
 #[derive(Clone, Debug)]
 pub struct LeaderElectionSettings {
@@ -178,136 +163,6 @@ pub struct Shared {
     pub namespace_resync: Duration,
     pub node_lifecycle: NodeLifecycleSettings,
     pub job_backoff_base: Duration,
-}
-
-type PodHandler = Box<dyn FnMut(Change<'_, Pod>) + Send>;
-
-/// One pod watch and cache shared by the node lifecycle, endpoints, EndpointSlice,
-/// DaemonSet, Job and StatefulSet controllers (a watch per controller would decode every
-/// pod event six more times). Handlers are registered first, then [`SharedPods::spawn`]
-/// starts the watch, so none misses the initial list.
-pub struct SharedPods {
-    writer: Writer<Pod>,
-    store: Store<Pod>,
-    handlers: Vec<PodHandler>,
-    /// Set once the first list is in the cache. Controllers wait on this rather than on
-    /// `Store::wait_until_ready`: kube-runtime's readiness future keeps a single waker, so
-    /// with several tasks waiting on clones of one store only the last one is woken.
-    ready: watch::Sender<bool>,
-}
-
-impl Default for SharedPods {
-    fn default() -> Self {
-        let writer = Writer::new(());
-        let store = writer.as_reader();
-        SharedPods {
-            writer,
-            store,
-            handlers: Vec::new(),
-            ready: watch::Sender::new(false),
-        }
-    }
-}
-
-impl SharedPods {
-    /// The cache; it fills once the watch is spawned.
-    pub fn store(&self) -> Store<Pod> {
-        self.store.clone()
-    }
-
-    /// Becomes true once the cache holds the first full list.
-    pub fn ready(&self) -> watch::Receiver<bool> {
-        self.ready.subscribe()
-    }
-
-    /// Runs `handler` for every change after the cache has it, and for every cached pod
-    /// after each (re-)list.
-    pub fn on_change(&mut self, handler: impl FnMut(Change<'_, Pod>) + Send + 'static) {
-        self.handlers.push(Box::new(handler));
-    }
-
-    /// Starts the watch (nothing, if no controller registered).
-    pub fn spawn(self, client: &kube::Client, tasks: &mut JoinSet<()>) {
-        let SharedPods {
-            mut writer,
-            store,
-            mut handlers,
-            ready,
-        } = self;
-        if handlers.is_empty() {
-            return;
-        }
-        let api: kube::Api<Pod> = kube::Api::all(client.clone());
-        tasks.spawn(async move {
-            let mut events =
-                std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "shared pod watch failed; retrying with backoff");
-                        continue;
-                    }
-                };
-                writer.apply_watcher_event(&event);
-                match &event {
-                    watcher::Event::Apply(pod) => {
-                        handlers.iter_mut().for_each(|h| h(Change::Applied(pod)))
-                    }
-                    watcher::Event::Delete(pod) => {
-                        handlers.iter_mut().for_each(|h| h(Change::Deleted(pod)))
-                    }
-                    watcher::Event::InitDone => {
-                        for pod in store.state() {
-                            handlers.iter_mut().for_each(|h| h(Change::Applied(&pod)));
-                        }
-                        ready.send_replace(true);
-                    }
-                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
-                }
-            }
-        });
-    }
-}
-
-/// Starts the selected controllers on `tasks`.
-pub async fn start_controllers(
-    shared: &Shared,
-    selection: &ControllerSelection,
-    tasks: &mut JoinSet<()>,
-) {
-    if selection.is_enabled(replicaset::NAME, true) {
-        replicaset::start(shared, tasks);
-    }
-    if selection.is_enabled(deployment::NAME, true) {
-        deployment::start(shared, tasks);
-    }
-    if selection.is_enabled(garbagecollector::NAME, true) {
-        garbagecollector::start(shared, tasks).await;
-    }
-    if selection.is_enabled(namespace::NAME, true) {
-        namespace::start(shared, tasks);
-    }
-    let mut pods = SharedPods::default();
-    if selection.is_enabled(nodelifecycle::NAME, true) {
-        nodelifecycle::start(shared, tasks, &mut pods);
-    }
-    if selection.is_enabled(endpoints::NAME, true) {
-        endpoints::start(shared, tasks, &mut pods);
-    }
-    if selection.is_enabled(endpointslice::NAME, true) {
-        endpointslice::start(shared, tasks, &mut pods);
-    }
-    if selection.is_enabled(daemonset::NAME, true) {
-        daemonset::start(shared, tasks, &mut pods);
-    }
-    if selection.is_enabled(job::NAME, true) {
-        job::start(shared, tasks, &mut pods);
-    }
-    if selection.is_enabled(statefulset::NAME, true) {
-        statefulset::start(shared, tasks, &mut pods);
-    }
-    pods.spawn(&shared.client, tasks);
 }
 
 /// Runs the controller manager until `shutdown` completes: `/healthz` on `listener`,

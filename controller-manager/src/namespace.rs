@@ -8,9 +8,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use rkube_runtime::{run_reconcile_workers, spawn_informer, Action, Backoff, WorkQueue};
+use rkube_runtime::{run_reconcile_workers, Action, Backoff, Change, SharedInformers, WorkQueue};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -27,21 +26,18 @@ struct NamespaceController {
     resync: std::time::Duration,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let q = queue.clone();
-    let namespaces = spawn_informer(
-        tasks,
-        Api::<Namespace>::all(shared.client.clone()),
-        watcher::Config::default(),
-        (),
-        move |change| {
-            let ns: &Namespace = change.object();
-            if ns.metadata.deletion_timestamp.is_some() {
-                q.add(ns.name_any());
-            }
-        },
-    );
+    let (namespaces, namespaces_synced) =
+        informers
+            .all::<Namespace>()
+            .subscribe(move |change: Change<'_, Namespace>| {
+                let ns = change.object();
+                if ns.metadata.deletion_timestamp.is_some() {
+                    q.add(ns.name_any());
+                }
+            });
     let controller = Arc::new(NamespaceController {
         client: shared.client.clone(),
         namespaces,
@@ -49,7 +45,7 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     });
     let workers = shared.workers;
     tasks.spawn(async move {
-        let _ = controller.namespaces.wait_until_ready().await;
+        namespaces_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

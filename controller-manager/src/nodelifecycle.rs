@@ -16,20 +16,19 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use rkube_api::semantics::scheduling::toleration_tolerates;
 use rkube_runtime::{
-    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, Change,
-    EventRecorder, EventType, WorkQueue,
+    object_reference, run_reconcile_workers, Action, Backoff, Change, EventRecorder, EventType,
+    SharedInformers, WorkQueue,
 };
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::util::{enqueue_name, ignore_not_found, is_terminating, now};
-use crate::{ControllerError, NodeLifecycleSettings, Shared, SharedPods};
+use crate::{ControllerError, NodeLifecycleSettings, Shared};
 
 pub const NAME: &str = "nodelifecycle";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -54,43 +53,42 @@ struct NodeLifecycleController {
     recorder: EventRecorder,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let nodes = spawn_informer(
-        tasks,
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_name(&queue),
-    );
-    let leases = spawn_informer(
-        tasks,
-        Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
-        watcher::Config::default(),
-        (),
-        enqueue_name(&queue),
-    );
+    let (nodes, nodes_synced) = informers.all::<Node>().subscribe(enqueue_name(&queue));
+    // All namespaces' Leases, so the garbage collector shares this watch; only node
+    // heartbeats concern this controller.
+    let mut lease_to_node = enqueue_name(&queue);
+    let (leases, leases_synced) =
+        informers
+            .all::<Lease>()
+            .subscribe(move |change: Change<'_, Lease>| {
+                if change.object().namespace().as_deref() == Some(NODE_LEASE_NAMESPACE) {
+                    lease_to_node(change);
+                }
+            });
     let pod_queue = queue.clone();
     let node_cache = nodes.clone();
-    shared_pods.on_change(move |change: Change<'_, Pod>| {
-        // Only pods landing on a node with NoExecute taints can need an eviction.
-        let Some(node) = change
-            .object()
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-        else {
-            return;
-        };
-        let tainted = node_cache
-            .get(&ObjectRef::new(node))
-            .is_some_and(|n| !no_execute_taints(&n).is_empty());
-        if tainted {
-            pod_queue.add(node.to_string());
-        }
-    });
-    let pods = shared_pods.store();
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(move |change: Change<'_, Pod>| {
+            // Only pods landing on a node with NoExecute taints can need an eviction.
+            let Some(node) = change
+                .object()
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+            else {
+                return;
+            };
+            let tainted = node_cache
+                .get(&ObjectRef::new(node))
+                .is_some_and(|n| !no_execute_taints(&n).is_empty());
+            if tainted {
+                pod_queue.add(node.to_string());
+            }
+        });
     let controller = Arc::new(NodeLifecycleController {
         client: client.clone(),
         nodes,
@@ -102,11 +100,10 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
     });
     let workers = shared.workers;
     let ctrl = controller.clone();
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = ctrl.nodes.wait_until_ready().await;
-        let _ = ctrl.leases.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
+        nodes_synced.wait().await;
+        leases_synced.wait().await;
+        pods_synced.wait().await;
         let mut reconciling = std::pin::pin!(run_reconcile_workers(
             NAME,
             queue.clone(),

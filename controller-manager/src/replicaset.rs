@@ -12,12 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_api::selectors::set_selector_matches;
 use rkube_runtime::{
-    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
-    Expectations, WorkQueue,
+    object_reference, run_reconcile_workers, Action, Backoff, EventRecorder, Expectations,
+    SharedInformers, WorkQueue,
 };
 use tokio::task::JoinSet;
 
@@ -41,25 +40,20 @@ struct ReplicaSetController {
     recorder: EventRecorder,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let replicasets = spawn_informer(
-        tasks,
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(&queue),
-    );
-    let pods = spawn_informer(
-        tasks,
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_controller_or_adopters(&queue, "ReplicaSet", replicasets.clone(), |rs| {
-            rs.spec.as_ref().map(|s| &s.selector)
-        }),
-    );
+    let (replicasets, replicasets_synced) = informers
+        .all::<ReplicaSet>()
+        .subscribe(enqueue_own_key(&queue));
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(enqueue_controller_or_adopters(
+            &queue,
+            "ReplicaSet",
+            replicasets.clone(),
+            |rs| rs.spec.as_ref().map(|s| &s.selector),
+        ));
     let controller = Arc::new(ReplicaSetController {
         client: client.clone(),
         replicasets,
@@ -69,8 +63,8 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>) {
     });
     let workers = shared.workers;
     tasks.spawn(async move {
-        let _ = controller.replicasets.wait_until_ready().await;
-        let _ = controller.pods.wait_until_ready().await;
+        replicasets_synced.wait().await;
+        pods_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

@@ -18,11 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use rkube_runtime::{
-    object_reference, run_reconcile_workers, spawn_informer, Action, Backoff, EventRecorder,
-    EventType, Expectations, WorkQueue,
+    object_reference, run_reconcile_workers, Action, Backoff, EventRecorder, EventType,
+    Expectations, SharedInformers, WorkQueue,
 };
 use tokio::task::JoinSet;
 
@@ -32,7 +31,7 @@ use crate::util::{
     observe_pod_among, patch_status_if_changed, pod_is_available, pod_is_ready, pods_controlled_by,
     split_key,
 };
-use crate::{ControllerError, Shared, SharedPods};
+use crate::{ControllerError, Shared};
 
 pub const NAME: &str = "statefulset";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -47,18 +46,15 @@ struct StatefulSetController {
     recorder: EventRecorder,
 }
 
-pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedPods) {
+pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, informers: &mut SharedInformers) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new(Backoff::default());
     let client = shared.client.clone();
-    let sets = spawn_informer(
-        tasks,
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        enqueue_own_key(&queue),
-    );
-    shared_pods.on_change(enqueue_controller_of(&queue, "StatefulSet"));
-    let pods = shared_pods.store();
+    let (sets, sets_synced) = informers
+        .all::<StatefulSet>()
+        .subscribe(enqueue_own_key(&queue));
+    let (pods, pods_synced) = informers
+        .all::<Pod>()
+        .subscribe(enqueue_controller_of(&queue, "StatefulSet"));
     let controller = Arc::new(StatefulSetController {
         client: client.clone(),
         sets,
@@ -67,10 +63,9 @@ pub fn start(shared: &Shared, tasks: &mut JoinSet<()>, shared_pods: &mut SharedP
         recorder: EventRecorder::new(client, "statefulset-controller", &shared.identity),
     });
     let workers = shared.workers;
-    let mut pods_ready = shared_pods.ready();
     tasks.spawn(async move {
-        let _ = controller.sets.wait_until_ready().await;
-        let _ = pods_ready.wait_for(|ready| *ready).await;
+        sets_synced.wait().await;
+        pods_synced.wait().await;
         run_reconcile_workers(NAME, queue, workers, controller, |c, key| async move {
             c.reconcile(&key).await
         })

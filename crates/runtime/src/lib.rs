@@ -12,6 +12,8 @@
 //! - [`leader`]: leader election on a coordination.k8s.io Lease.
 //! - [`events`]: core/v1 Event recording.
 //! - [`selection`]: `--controllers=*,-job` parsing.
+//! - [`shared_informers`]: one watch and cache per resource per process, shared by every
+//!   controller that reads it.
 //!
 //! A controller is: informers whose callbacks map changes to keys -> a [`workqueue::WorkQueue`]
 //! -> [`run_workers`] (or [`run_reconcile_workers`]) calling an idempotent `reconcile(key)`
@@ -24,6 +26,7 @@ pub mod expectations;
 pub mod informer;
 pub mod leader;
 pub mod selection;
+pub mod shared_informers;
 pub mod workqueue;
 
 use std::fmt::Display;
@@ -39,6 +42,7 @@ pub use expectations::{Expectations, Observed};
 pub use informer::{spawn_informer, Change};
 pub use leader::{run_elected, LeaderElectionConfig, LeaderElector};
 pub use selection::ControllerSelection;
+pub use shared_informers::{SharedInformer, SharedInformers, Synced};
 pub use workqueue::{Backoff, WorkQueue};
 
 /// What a reconcile asks for when it succeeds.

@@ -3,15 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{deployment, wait_for, Env};
+use common::{deployment, wait_for, Env, TIMEOUT};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn deployment_status_is(api: &Api<Deployment>, name: &str, replicas: i32) -> bool {
     let Ok(d) = api.get(name).await else {

@@ -5,9 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{deployment, wait_for, Env};
+use common::{deployment, wait_for, Env, TIMEOUT};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
@@ -17,8 +16,6 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn create_deployment(env: &Env, body: serde_json::Value) -> Deployment {
     let api: Api<Deployment> = Api::default_namespaced(env.client.clone());

@@ -2,16 +2,12 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{deployment, wait_for, Env};
+use common::{deployment, wait_for, Env, TIMEOUT};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn ready_deployment(env: &Env, namespace: &str, name: &str, replicas: i32) {
     let api: Api<Deployment> = Api::namespaced(env.client.clone(), namespace);
@@ -79,6 +75,7 @@ async fn orphan_deletion_keeps_dependents_without_the_owner_reference() {
     let _cm = env.start_cm("cm-a").await;
     ready_deployment(&env, "default", "or", 2).await;
     let api: Api<Deployment> = Api::default_namespaced(env.client.clone());
+    let deleted_uid = api.get("or").await.unwrap().uid().unwrap();
     api.delete("or", &DeleteParams::orphan()).await.unwrap();
     wait_for("owner gone", TIMEOUT, || async {
         api.get_opt("or").await.unwrap().is_none()
@@ -92,9 +89,28 @@ async fn orphan_deletion_keeps_dependents_without_the_owner_reference() {
         "{:?}",
         sets[0].owner_references()
     );
-    // The orphaned ReplicaSet keeps (and still owns) its pods.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The orphaned ReplicaSet keeps (and still owns) its pods. A mistaken cascade would
+    // come from the deletion just processed; a pod created now with the same gone owner is
+    // one the collector must delete, so once it is gone the collector has worked past that
+    // deletion, and whatever it was going to do to the ReplicaSet's pods it has done.
+    let owner_uid = deleted_uid;
     let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "sentinel", "labels": {"role": "sentinel"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": "or", "uid": owner_uid}]},
+            "spec": {"containers": [{"name": "c", "image": "img"}]}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wait_for("the sentinel pod collected", TIMEOUT, || async {
+        pods.get_opt("sentinel").await.unwrap().is_none()
+    })
+    .await;
     let pods = pods.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(pods.len(), 2);
     assert!(pods.iter().all(|p| p

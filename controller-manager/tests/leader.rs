@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{deployment, wait_for, Env};
+use common::{deployment, wait_for, Env, TIMEOUT};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
@@ -13,8 +13,6 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use rkube_runtime::ControllerSelection;
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn holder(env: &Env) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-system");
@@ -165,14 +163,27 @@ async fn disabled_controllers_do_not_run() {
     )
     .await
     .unwrap();
-    // The deployment controller makes the ReplicaSet; with no ReplicaSet controller no pod appears.
+    // The deployment controller makes the ReplicaSet; with no ReplicaSet controller no pod
+    // appears and the ReplicaSet's status is never written (a running ReplicaSet controller
+    // writes observedGeneration on its first sync, before or with its first pods).
     let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
         Api::default_namespaced(env.client.clone());
     wait_for("replica set created", TIMEOUT, || async {
         sets.list(&ListParams::default()).await.unwrap().items.len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The deployment controller has seen that ReplicaSet through the informer the
+    // ReplicaSet controller would share: its status counts it.
+    wait_for("deployment status written", TIMEOUT, || async {
+        api.get("off")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.observed_generation == Some(1))
+    })
+    .await;
+    // After a graceful stop nothing runs any more; what is there now is final.
+    cm.stop().await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(env.client.clone());
     assert!(pods
         .list(&ListParams::default())
@@ -180,5 +191,12 @@ async fn disabled_controllers_do_not_run() {
         .unwrap()
         .items
         .is_empty());
-    cm.stop().await;
+    let set = &sets.list(&ListParams::default()).await.unwrap().items[0];
+    assert!(
+        set.status
+            .as_ref()
+            .is_none_or(|s| s.observed_generation.is_none()),
+        "the ReplicaSet controller ran: {:?}",
+        set.status
+    );
 }

@@ -2,13 +2,12 @@
 //! every real component in-process (API server, scheduler, simulated nodes, controller
 //! manager).
 
-mod cluster;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use cluster::{deployment, is_ready, node_of, phase, Cluster, TIMEOUT};
+use common::{deployment_requesting_cpu as deployment, is_ready, node_of, phase, Env};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -41,7 +40,7 @@ fn has_taint(node: &Node, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreachable_node_is_tainted_and_its_pods_move_elsewhere() {
-    let cluster = Cluster::start(3, "*").await;
+    let cluster = Env::with_nodes(3, "*").await;
     cluster
         .create::<Deployment>(deployment("web", 6, "nginx:1"))
         .await;
@@ -64,7 +63,7 @@ async fn unreachable_node_is_tainted_and_its_pods_move_elsewhere() {
         .filter(|p| node_of(p) == Some(victim_node.as_str()))
         .map(|p| p.name_any())
         .collect();
-    cluster.nodes.stop_node(&victim_node).unwrap();
+    cluster.nodes().stop_node(&victim_node).unwrap();
 
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     cluster
@@ -135,9 +134,9 @@ async fn unreachable_node_is_tainted_and_its_pods_move_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoints_and_slices_follow_pod_readiness() {
     // Pods are placed by hand on a stopped node so the test alone reports their status.
-    let cluster = Cluster::start(1, "*,-nodelifecycle").await;
-    let node = cluster.nodes.node_names()[0].clone();
-    cluster.nodes.stop_node(&node).unwrap();
+    let cluster = Env::with_nodes(1, "*,-nodelifecycle").await;
+    let node = cluster.nodes().node_names()[0].clone();
+    cluster.nodes().stop_node(&node).unwrap();
     for (name, ip, port) in [("a", "10.1.0.1", 8080), ("b", "10.1.0.2", 9090)] {
         cluster
             .create::<Pod>(json!({"metadata": {"name": name, "labels": {"app": "web"}},
@@ -286,7 +285,7 @@ fn daemonset(image: &str) -> serde_json::Value {
                 "spec": {"containers": [{"name": "c", "image": image}]}}}})
 }
 
-async fn one_per_node(cluster: &Cluster, expected: usize) -> bool {
+async fn one_per_node(cluster: &Env, expected: usize) -> bool {
     let pods: Vec<Pod> = cluster
         .pods("app=agent")
         .await
@@ -299,7 +298,7 @@ async fn one_per_node(cluster: &Cluster, expected: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls() {
-    let cluster = Cluster::start(3, "*").await;
+    let cluster = Env::with_nodes(3, "*").await;
     cluster.create::<DaemonSet>(daemonset("agent:1")).await;
     let daemonsets: Api<DaemonSet> = cluster.api();
     let settled = |count: i32| {
@@ -343,13 +342,13 @@ async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls() {
     );
 
     cluster
-        .nodes
+        .nodes()
         .add_nodes(1, &NodeTemplate::default())
         .await
         .unwrap();
     // A node whose taint the daemon does not tolerate gets none.
     cluster
-        .nodes
+        .nodes()
         .add_nodes(
             1,
             &NodeTemplate::default().with_taint("dedicated", "db", "NoSchedule"),
@@ -384,55 +383,48 @@ async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls() {
 
 /// Acts as the containers of a job: every pod of `job` that is Running and Ready finishes
 /// with `phase`. Returns the most pods seen active at once.
-async fn finish_job_pods(
-    cluster: &Cluster,
-    job: &str,
-    phase_to_set: &str,
-    stop_when: i32,
-) -> usize {
+async fn finish_job_pods(cluster: &Env, job: &str, phase_to_set: &str, stop_when: i32) -> usize {
     let jobs: Api<Job> = cluster.api();
-    let mut most_active = 0;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let j = jobs.get(job).await.unwrap();
-        if cluster_job_finished(&j) {
-            return most_active;
-        }
-        let pods = cluster
-            .pods(&format!("batch.kubernetes.io/job-name={job}"))
-            .await;
-        let active: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && !matches!(phase(p), Some("Succeeded") | Some("Failed"))
-            })
-            .collect();
-        most_active = most_active.max(active.len());
-        let done = pods
-            .iter()
-            .filter(|p| phase(p) == Some(phase_to_set))
-            .count();
-        for pod in active {
-            if is_ready(pod) && i32::try_from(done).unwrap() < stop_when {
-                let exit = if phase_to_set == "Succeeded" { 0 } else { 1 };
-                cluster
-                    .patch_pod_status(
-                        &pod.name_any(),
-                        json!({"phase": phase_to_set, "conditions": [{"type": "Ready", "status": "False"}],
-                            "containerStatuses": [{"name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
-                                "state": {"terminated": {"exitCode": exit, "reason": if exit == 0 {"Completed"} else {"Error"}}}}]}),
-                    )
-                    .await;
-                break;
+    let most_active = std::cell::Cell::new(0);
+    cluster
+        .wait_for(&format!("job {job} to finish"), || async {
+            let j = jobs.get(job).await.unwrap();
+            if cluster_job_finished(&j) {
+                return true;
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job} never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            let pods = cluster
+                .pods(&format!("batch.kubernetes.io/job-name={job}"))
+                .await;
+            let active: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && !matches!(phase(p), Some("Succeeded") | Some("Failed"))
+                })
+                .collect();
+            most_active.set(most_active.get().max(active.len()));
+            let done = pods
+                .iter()
+                .filter(|p| phase(p) == Some(phase_to_set))
+                .count();
+            for pod in active {
+                if is_ready(pod) && i32::try_from(done).unwrap() < stop_when {
+                    let exit = if phase_to_set == "Succeeded" { 0 } else { 1 };
+                    cluster
+                        .patch_pod_status(
+                            &pod.name_any(),
+                            json!({"phase": phase_to_set, "conditions": [{"type": "Ready", "status": "False"}],
+                                "containerStatuses": [{"name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+                                    "state": {"terminated": {"exitCode": exit, "reason": if exit == 0 {"Completed"} else {"Error"}}}}]}),
+                        )
+                        .await;
+                    break;
+                }
+            }
+            false
+        })
+        .await;
+    most_active.get()
 }
 
 fn cluster_job_finished(job: &Job) -> bool {
@@ -451,7 +443,7 @@ fn condition(job: &Job, type_: &str) -> Option<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_completes_with_parallelism_and_fails_past_its_backoff_limit() {
-    let cluster = Cluster::start(2, "*").await;
+    let cluster = Env::with_nodes(2, "*").await;
     cluster
         .create::<Job>(json!({"metadata": {"name": "work"}, "spec": {"completions": 3, "parallelism": 2,
             "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}))
@@ -490,7 +482,7 @@ async fn job_completes_with_parallelism_and_fails_past_its_backoff_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn statefulset_creates_in_order_and_scales_down_in_reverse() {
-    let cluster = Cluster::start(2, "*").await;
+    let cluster = Env::with_nodes(2, "*").await;
     // Record, from a watch, the order pods appear and start terminating, and whether every
     // lower ordinal was ready when a pod appeared.
     let appeared: Arc<Mutex<Vec<String>>> = Arc::default();

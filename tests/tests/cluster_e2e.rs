@@ -1230,7 +1230,7 @@ spec:
     command:
     - sh
     - -c
-    - mkdir -p /www && echo "forwarded to $POD_NAME" > /www/index.html && exec httpd -f -p 80 -h /www
+    - mkdir -p /www && echo "forwarded to $POD_NAME" > /www/index.html && dd if=/dev/zero of=/www/big bs=1024 count=4096 && exec httpd -f -p 80 -h /www
     env:
     - name: POD_NAME
       valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -1271,6 +1271,21 @@ spec:
         }
         let missing = forward.get("/missing").await;
         assert!(missing.contains(" 404 "), "{missing}");
+        // Many frames each way of the tunnel, in order and complete.
+        let started = Instant::now();
+        let big = forward.get("/big").await;
+        let body = big.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        assert_eq!(
+            body.len(),
+            4 << 20,
+            "{target}: {}",
+            &big[..big.len().min(300)]
+        );
+        assert!(body.bytes().all(|b| b == 0));
+        eprintln!(
+            "{target} (websockets: {websockets}): 4 MiB in {:?}",
+            started.elapsed()
+        );
         let log = forward.stop().await;
         // kubectl falls back to plain SPDY silently when the tunnel fails.
         let tunnelled = log.contains("Before WebSocket Upgrade Connection")

@@ -230,18 +230,13 @@ async fn expires_through_run(storage: StorageConfig) {
     let server = tokio::spawn(rkube_apiserver::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while http_json(addr, "GET", "/api/v1/namespaces/default", None)
-        .await
-        .0
-        != 200
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rkube_testkit::wait_for("the server to come up", WAIT, || async {
+        http_json(addr, "GET", "/api/v1/namespaces/default", None)
+            .await
+            .0
+            == 200
+    })
+    .await;
     let (status, list) = http_json(addr, "GET", "/api/v1/namespaces/default/events", None).await;
     assert_eq!(status, 200, "{list}");
     let rv = list["metadata"]["resourceVersion"]

@@ -42,21 +42,18 @@ async fn pods_are_bound_marked_running_and_get_a_scheduled_event() {
         Some(format!("Successfully assigned default/p0 to {node}").as_str())
     );
     // The simulated kubelet takes it from there.
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
+    rkube_testkit::wait_for("p0 to run", common::WAIT, || async {
         let p = env.pods().get("p0").await.unwrap();
-        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-            let conditions = p.status.unwrap().conditions.unwrap();
-            let scheduled = conditions
-                .iter()
-                .find(|c| c.type_ == "PodScheduled")
-                .unwrap();
-            assert_eq!(scheduled.status, "True");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "p0 never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    let p = env.pods().get("p0").await.unwrap();
+    let conditions = p.status.unwrap().conditions.unwrap();
+    let scheduled = conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .unwrap();
+    assert_eq!(scheduled.status, "True");
     env.stop().await;
 }
 
@@ -388,16 +385,16 @@ async fn keeps_scheduling_across_an_api_server_restart() {
     let wait_bound = |name: &'static str| {
         let pods = pods.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Ok(p) = pods.get(name).await {
-                    if p.spec.and_then(|s| s.node_name).is_some() {
-                        return;
-                    }
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{name} never bound");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            rkube_testkit::wait_for(
+                &format!("{name} to be bound"),
+                Duration::from_secs(60),
+                || async {
+                    pods.get(name)
+                        .await
+                        .is_ok_and(|p| p.spec.and_then(|s| s.node_name).is_some())
+                },
+            )
+            .await;
         }
     };
     wait_bound("before").await;

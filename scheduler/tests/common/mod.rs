@@ -61,14 +61,10 @@ impl ApiServer {
         };
         let client = server.client();
         let namespaces: Api<Namespace> = Api::all(client);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while namespaces.get("default").await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "API server did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        rkube_testkit::wait_for("the API server to come up", WAIT, || async {
+            namespaces.get("default").await.is_ok()
+        })
+        .await;
         server
     }
 
@@ -190,25 +186,28 @@ impl Env {
 
     /// Waits until the pod is bound; returns its node.
     pub async fn wait_bound(&self, name: &str) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let pod = self.pods().get(name).await.unwrap();
-            if let Some(node) = pod.spec.and_then(|s| s.node_name) {
-                return node;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pod {name} was never bound"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let node = std::cell::RefCell::new(None);
+        rkube_testkit::wait_for(&format!("pod {name} to be bound"), WAIT, || async {
+            let bound = self
+                .pods()
+                .get(name)
+                .await
+                .unwrap()
+                .spec
+                .and_then(|s| s.node_name);
+            let is_bound = bound.is_some();
+            *node.borrow_mut() = bound;
+            is_bound
+        })
+        .await;
+        node.into_inner().unwrap_or_default()
     }
 
     /// Waits until the pod reports PodScheduled=False with `expected` (earlier attempts may
     /// have seen fewer nodes); fails showing the last message seen.
     pub async fn wait_unschedulable(&self, name: &str, expected: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let last_message = std::cell::RefCell::new(None);
+        let reported = rkube_testkit::poll_until(WAIT, || async {
             let pod = self.pods().get(name).await.unwrap();
             let condition = pod
                 .status
@@ -220,21 +219,23 @@ impl Env {
                 })
                 .cloned();
             let message = condition.as_ref().and_then(|c| c.message.clone());
-            if message.as_deref() == Some(expected) {
+            let matched = message.as_deref() == Some(expected);
+            if matched {
                 assert_eq!(
                     condition.and_then(|c| c.reason).as_deref(),
                     Some("Unschedulable")
                 );
-                return;
             }
-            if tokio::time::Instant::now() >= deadline {
-                assert_eq!(
-                    message.as_deref(),
-                    Some(expected),
-                    "pod {name} never reported the expected reason"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            *last_message.borrow_mut() = message;
+            matched
+        })
+        .await;
+        if reported.is_err() {
+            assert_eq!(
+                last_message.into_inner().as_deref(),
+                Some(expected),
+                "pod {name} never reported the expected reason"
+            );
         }
     }
 

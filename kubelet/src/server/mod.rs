@@ -3,7 +3,7 @@
 //! The API server proxies `pods/log`, `pods/exec` and `pods/attach` here at the connection
 //! level, so these endpoints speak to kubectl end to end:
 //!
-//! - `GET /healthz`
+//! - `GET /healthz`, `/livez`, `/readyz` (rkube-runtime's health endpoints)
 //! - `GET /containerLogs/{namespace}/{pod}/{container}` (or without the last segment and
 //!   `?container=`): plain text, streamed while following. See [`logs`] for how the two
 //!   output files are combined and where timestamps come from.
@@ -31,6 +31,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use rkube_runtime::component::health;
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::{KubeletApi, LookupError, PodPorts};
@@ -117,8 +118,7 @@ pub(crate) struct StatusCause {
 /// The kubelet's HTTP API. Serve it with `axum::serve` (WebSocket upgrades need a real
 /// connection; `oneshot` works for everything else).
 pub fn router(api: Arc<dyn KubeletApi>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    health::router(health::always_ready())
         .route("/containerLogs/{namespace}/{pod}", get(container_logs))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -133,10 +133,6 @@ pub fn router(api: Arc<dyn KubeletApi>) -> Router {
             get(port_forward).post(port_forward),
         )
         .with_state(api)
-}
-
-async fn healthz() -> &'static str {
-    "ok"
 }
 
 /// Query parameters in order, repeated keys kept (`command` repeats).

@@ -6,6 +6,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::Api;
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig, NODE_LEASE_NAMESPACE};
+use rkube_testkit::wait_for;
+
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_register_ready_and_a_stopped_node_stops_renewing() {
@@ -21,9 +24,10 @@ async fn nodes_register_ready_and_a_stopped_node_stops_renewing() {
     }));
     let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    while namespaces.get(NODE_LEASE_NAMESPACE).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the API server to come up", WAIT, || async {
+        namespaces.get(NODE_LEASE_NAMESPACE).await.is_ok()
+    })
+    .await;
     let config = SimConfig {
         renew_interval: Duration::from_millis(300),
         ..SimConfig::default()
@@ -69,22 +73,16 @@ async fn nodes_register_ready_and_a_stopped_node_stops_renewing() {
     let dead_before = renew_time(leases.get(&names[0]).await.unwrap());
     let live_before = renew_time(leases.get(&names[1]).await.unwrap());
     assert!(dead_before.is_some() && live_before.is_some());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if renew_time(leases.get(&names[1]).await.unwrap()) != live_before {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "live node's lease was never renewed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the live node's lease renewed", WAIT, || async {
+        renew_time(leases.get(&names[1]).await.unwrap()) != live_before
+    })
+    .await;
     // Two more live renewals, then the stopped node's lease must still be where it was.
     let stats = cluster.stats().lease_renewals;
-    while cluster.stats().lease_renewals < stats + 2 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("two more lease renewals", WAIT, || async {
+        cluster.stats().lease_renewals >= stats + 2
+    })
+    .await;
     assert_eq!(
         renew_time(leases.get(&names[0]).await.unwrap()),
         dead_before

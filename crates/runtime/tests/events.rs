@@ -51,9 +51,12 @@ impl Server {
         }));
         let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        while namespaces.get("default").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        rkube_testkit::wait_for(
+            "the API server to come up",
+            Duration::from_secs(30),
+            || async { namespaces.get("default").await.is_ok() },
+        )
+        .await;
         Server {
             client,
             stop: Some(stop),

@@ -198,8 +198,14 @@ impl Quantity {
         }
         let scanned = scan(text)?;
         let (base, suffix_exponent, mut format) = interpret(scanned.suffix)?;
-        let digits = format!("{}{}", scanned.whole, scanned.fraction);
-        let digits = digits.trim_start_matches('0');
+        // Most quantities have no fraction; only join the digits when there is one.
+        let joined;
+        let digits = if scanned.fraction.is_empty() {
+            scanned.whole
+        } else {
+            joined = format!("{}{}", scanned.whole, scanned.fraction);
+            joined.trim_start_matches('0')
+        };
         let (mantissa, zeros) = digits_value(digits)?;
         // |value| = mantissa * 10^exponent10 * 2^binary_exponent
         let fraction_len =

@@ -4,8 +4,7 @@
 //! - [`component`]: what every binary does alike: reach the API server (`--master`,
 //!   `--kubeconfig`), listen (`--bind-address`, `--port`), stop on SIGTERM or SIGINT, set up
 //!   logging, serve health endpoints.
-//! - [`informer`]: a watch feeding a reflector cache plus a per-change callback that
-//!   enqueues keys.
+//! - [`informer`]: the change (applied or deleted) informers hand their handlers.
 //! - [`workqueue`]: upstream's work queue: de-duplicated keys, never one key on two
 //!   workers, delayed and rate-limited re-adds.
 //! - [`expectations`]: writes a controller made that its cache has not shown yet.
@@ -39,7 +38,7 @@ use tokio::task::JoinSet;
 
 pub use events::{object_reference, EventRecorder, EventType};
 pub use expectations::{Expectations, Observed};
-pub use informer::{spawn_informer, Change};
+pub use informer::Change;
 pub use leader::{run_elected, LeaderElectionConfig, LeaderElector};
 pub use selection::ControllerSelection;
 pub use shared_informers::{SharedInformer, SharedInformers, Synced};

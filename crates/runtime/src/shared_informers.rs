@@ -423,9 +423,16 @@ mod tests {
         informers.all::<Pod>().on_change(|_| {});
         let second = informers.all::<Pod>().store();
         assert_eq!(informers.all::<Pod>().fanout.handlers.len(), 2);
-        // Clones of one reflector store share one map: same length, same readiness, and
-        // (checked below) one watch.
-        assert_eq!(first.len(), second.len());
+        // Both consumers read one cache: what the one informer applies, both see.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"}
+        }))
+        .unwrap();
+        let informer = informers.all::<Pod>();
+        for event in [Event::Init, Event::InitApply(pod), Event::InitDone] {
+            informer.fanout.apply(&event);
+        }
+        assert_eq!((first.len(), second.len()), (1, 1));
         informers.namespaced::<Lease>("kube-node-lease");
         informers.all::<Lease>();
         let watches: Vec<String> = informers.watches().iter().map(|w| w.to_string()).collect();
@@ -511,5 +518,23 @@ mod tests {
             .iter_mut()
             .for_each(|m| m(&Event::Delete(pod.clone())));
         assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_first_list_is_in() {
+        let mut informers = SharedInformers::new(unreachable_client());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(informers.all::<ConfigMap>().synced().wait()))
+            .collect();
+        let informer = informers.all::<ConfigMap>();
+        assert!(!informer.synced().is_synced());
+        informer.fanout.apply(&Event::Init);
+        informer.fanout.apply(&Event::InitDone);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+                .await
+                .expect("a waiter was not woken")
+                .unwrap();
+        }
     }
 }

@@ -49,15 +49,34 @@ impl ShutdownSignals {
     }
 
     /// A future that completes on the first SIGTERM or SIGINT, after logging which: the
-    /// `shutdown` argument of a component's `run`.
-    pub async fn shutdown(mut self) {
+    /// `shutdown` argument of a component's `run`. A second signal exits the process at
+    /// once with status 1, as upstream's components do, so an operator can always stop a
+    /// shutdown that hangs (on an unreachable API server, say) without reaching for
+    /// SIGKILL.
+    pub async fn shutdown(self) {
+        self.shutdown_then(|signal| {
+            tracing::error!(%signal, "second signal: exiting without finishing the shutdown");
+            std::process::exit(1)
+        })
+        .await
+    }
+
+    /// Completes on the first SIGTERM or SIGINT and leaves a task behind that calls
+    /// `on_second` with the next one. [`ShutdownSignals::shutdown`] exits there; tests pass
+    /// a recorder.
+    pub async fn shutdown_then(mut self, on_second: impl FnOnce(ShutdownSignal) + Send + 'static) {
         let signal = self.recv().await;
-        tracing::info!(%signal, "shutting down");
+        tracing::info!(%signal, "shutting down; send it again to exit at once");
+        tokio::spawn(async move {
+            let second = self.recv().await;
+            on_second(second);
+        });
     }
 }
 
 /// [`ShutdownSignals::install`] then [`ShutdownSignals::shutdown`]: the handlers are in
-/// place when this returns.
+/// place when this returns. Not for tests that raise signals more than once: the second
+/// one would exit the test process.
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     Ok(ShutdownSignals::install()?.shutdown())
 }

@@ -17,27 +17,21 @@ use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
-use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use serde_json::Value;
 
 use crate::fake_network::Ipv4Cidr;
 use crate::{PodNetwork, PodNetworkStatus, Result, RuntimeError};
 
-/// The spec version of the configuration we hand to plugins.
-const CNI_VERSION: &str = "1.0.0";
-/// Interface name of the pod's side of the veth pair.
-const POD_INTERFACE: &str = "eth0";
-/// A hung plugin must not hold the pod's setup forever (the child is killed on drop).
-const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+mod forward;
+mod netns;
+mod plugin;
+
+use netns::{create_netns, remove_netns};
+use plugin::{plugin_conf, plugin_type, plugins, pod_ipv4};
 
 #[derive(Clone, Debug)]
 pub struct CniConfig {
@@ -105,17 +99,6 @@ impl PodState {
     }
 }
 
-/// The error document a failing plugin prints on stdout.
-#[derive(Debug, Deserialize)]
-struct PluginError {
-    #[serde(default)]
-    code: u32,
-    #[serde(default)]
-    msg: String,
-    #[serde(default)]
-    details: String,
-}
-
 pub struct CniNetwork {
     config: CniConfig,
     cidr: Ipv4Cidr,
@@ -173,32 +156,6 @@ impl CniNetwork {
 
     fn state_path(&self, pod_uid: &str) -> PathBuf {
         self.config.state_dir.join(format!("{pod_uid}.json"))
-    }
-
-    /// The configuration list handed to the plugins.
-    fn network_config(&self) -> Value {
-        let mut bridge = json!({
-            "type": "bridge",
-            "bridge": self.config.bridge_name,
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{ "subnet": self.cidr.to_string(), "gateway": self.gateway().to_string() }]],
-                // Pods reach services and other nodes' pods through the node.
-                "routes": [{ "dst": "0.0.0.0/0" }],
-                "dataDir": self.config.state_dir.join("ipam"),
-            },
-        });
-        if let Some(mtu) = self.config.mtu {
-            bridge["mtu"] = json!(mtu);
-        }
-        json!({
-            "cniVersion": CNI_VERSION,
-            "name": self.config.network_name,
-            "plugins": [bridge, { "type": "loopback" }],
-        })
     }
 
     fn pod_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -358,131 +315,6 @@ impl CniNetwork {
         remove_netns(state.netns_path.clone()).await?;
         self.remove_state(&state.pod_uid).await
     }
-
-    async fn exec_plugin(&self, command: &str, state: &PodState, conf: &Value) -> Result<Vec<u8>> {
-        let kind = plugin_type(conf);
-        if kind.is_empty() || kind.contains('/') {
-            return Err(RuntimeError::Other(format!(
-                "invalid CNI plugin type {kind:?}"
-            )));
-        }
-        let binary = self.config.plugin_dir.join(kind);
-        if !is_file(&binary).await {
-            return Err(RuntimeError::Unavailable(format!(
-                "CNI plugin {kind} not found at {}",
-                binary.display()
-            )));
-        }
-        let stdin = serde_json::to_vec(conf)
-            .map_err(|err| RuntimeError::Other(format!("encoding CNI config: {err}")))?;
-        let mut child = Command::new(&binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &state.pod_uid)
-            .env("CNI_NETNS", &state.netns_path)
-            .env("CNI_IFNAME", POD_INTERFACE)
-            .env("CNI_PATH", &self.config.plugin_dir)
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-                    state.namespace, state.name, state.pod_uid
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|err| {
-                RuntimeError::Unavailable(format!("running CNI plugin {}: {err}", binary.display()))
-            })?;
-        if let Some(mut pipe) = child.stdin.take() {
-            // A plugin that fails before reading its config closes the pipe early; its
-            // exit status and error document below say why.
-            match pipe.write_all(&stdin).await {
-                Err(err) if err.kind() != io::ErrorKind::BrokenPipe => return Err(err.into()),
-                _ => {}
-            }
-            // Dropping the pipe closes it: plugins read stdin to the end.
-        }
-        let output = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                RuntimeError::Unavailable(format!(
-                    "CNI plugin {kind} {command} for pod {} did not finish within {:?}",
-                    state.pod_uid, PLUGIN_TIMEOUT
-                ))
-            })??;
-        if output.status.success() {
-            return Ok(output.stdout);
-        }
-        let reason = match serde_json::from_slice::<PluginError>(&output.stdout) {
-            Ok(err) if !err.msg.is_empty() => {
-                let mut text = err.msg;
-                if !err.details.is_empty() {
-                    text = format!("{text}: {}", err.details);
-                }
-                format!("{text} (code {})", err.code)
-            }
-            _ => {
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                format!("{} {}", stdout.trim(), stderr.trim())
-                    .trim()
-                    .to_string()
-            }
-        };
-        Err(RuntimeError::Unavailable(format!(
-            "CNI plugin {kind} {command} for pod {} failed: {reason}",
-            state.pod_uid
-        )))
-    }
-
-    /// Installs, idempotently, the forwarding ACCEPT rules for the pod CIDR.
-    async fn ensure_forwarding(&self) -> Result<()> {
-        let mut ready = self.forwarding_ready.lock().await;
-        if *ready {
-            return Ok(());
-        }
-        let chain = self.config.forward_chain.as_str();
-        let cidr = self.cidr.to_string();
-        if !iptables(&["-S", chain]).await? {
-            run_iptables(&["-N", chain]).await?;
-        }
-        let comment = format!("rkube pod network {}", self.config.network_name);
-        for direction in ["-s", "-d"] {
-            let rule = [
-                direction,
-                &cidr,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "ACCEPT",
-            ];
-            let check: Vec<&str> = ["-C", chain].into_iter().chain(rule).collect();
-            if !iptables(&check).await? {
-                let append: Vec<&str> = ["-A", chain].into_iter().chain(rule).collect();
-                run_iptables(&append).await?;
-            }
-        }
-        if !iptables(&["-C", "FORWARD", "-j", chain]).await? {
-            run_iptables(&["-I", "FORWARD", "1", "-j", chain]).await?;
-        }
-        *ready = true;
-        Ok(())
-    }
-
-    async fn ensure_netns_dir(&self) -> Result<()> {
-        let mut ready = self.netns_dir_ready.lock().await;
-        if !*ready {
-            let dir = self.config.netns_dir.clone();
-            blocking(move || make_shared_mount_point(&dir)).await?;
-            *ready = true;
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -560,269 +392,9 @@ fn check_pod_uid(pod_uid: &str) -> Result<()> {
     }
 }
 
-fn plugins(network: &Value) -> impl Iterator<Item = &Value> {
-    network
-        .get("plugins")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn plugin_type(plugin: &Value) -> &str {
-    plugin
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-/// One plugin's stdin: its own section plus the list's name and version, and the
-/// previous result when chaining.
-fn plugin_conf(network: &Value, plugin: &Value, prev_result: Option<&Value>) -> Value {
-    let mut conf = plugin.clone();
-    if let Some(object) = conf.as_object_mut() {
-        object.insert("cniVersion".into(), network["cniVersion"].clone());
-        object.insert("name".into(), network["name"].clone());
-        if let Some(prev) = prev_result {
-            object.insert("prevResult".into(), prev.clone());
-        }
-    }
-    conf
-}
-
-/// The pod's IPv4 address from a CNI result: the first inside the pod CIDR, preferring
-/// one on an interface inside the namespace (the result lists host-side ones too).
-fn pod_ipv4(result: &Value, cidr: &Ipv4Cidr) -> Option<Ipv4Addr> {
-    let interfaces = result.get("interfaces").and_then(Value::as_array);
-    let in_sandbox = |ip: &Value| {
-        let index = ip.get("interface").and_then(Value::as_u64)?;
-        let interface = interfaces?.get(usize::try_from(index).ok()?)?;
-        Some(
-            interface
-                .get("sandbox")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty()),
-        )
-    };
-    let candidates: Vec<(Ipv4Addr, Option<bool>)> = result
-        .get("ips")?
-        .as_array()?
-        .iter()
-        .filter_map(|ip| {
-            let address = ip.get("address")?.as_str()?;
-            let addr: Ipv4Addr = address.split('/').next()?.parse().ok()?;
-            cidr.contains(addr).then(|| (addr, in_sandbox(ip)))
-        })
-        .collect();
-    candidates
-        .iter()
-        .find(|(_, sandbox)| *sandbox == Some(true))
-        .or_else(|| candidates.first())
-        .map(|(addr, _)| *addr)
-}
-
 async fn is_file(path: &Path) -> bool {
     tokio::fs::metadata(path).await.is_ok()
 }
 
-/// Runs iptables; `Ok(false)` when it ran and said no (a failed check).
-async fn iptables(args: &[&str]) -> Result<bool> {
-    let output = Command::new("iptables")
-        .arg("-w")
-        .args(["-t", "filter"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|err| RuntimeError::Unavailable(format!("running iptables: {err}")))?;
-    Ok(output.status.success())
-}
-
-async fn run_iptables(args: &[&str]) -> Result<()> {
-    let output = Command::new("iptables")
-        .arg("-w")
-        .args(["-t", "filter"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|err| RuntimeError::Unavailable(format!("running iptables: {err}")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(RuntimeError::Unavailable(format!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    job: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|err| RuntimeError::Other(format!("blocking task failed: {err}")))?
-}
-
-fn errno_error(errno: Errno, what: String) -> RuntimeError {
-    let err = io::Error::from(errno);
-    RuntimeError::Io(io::Error::new(err.kind(), format!("{what}: {err}")))
-}
-
-/// Makes `dir` a mount point with shared propagation, as `ip netns` does, so that
-/// unmounting a namespace here also unmounts the copies other mount namespaces (made
-/// after it was mounted) hold, instead of keeping the namespace alive there.
-fn make_shared_mount_point(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let make_shared = || {
-        nix::mount::mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    match make_shared() {
-        Ok(()) => Ok(()),
-        // Not a mount point yet: bind it onto itself, then retry.
-        Err(Errno::EINVAL) => {
-            nix::mount::mount(
-                Some(dir),
-                dir,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| errno_error(e, format!("bind-mounting {}", dir.display())))?;
-            make_shared().map_err(|e| errno_error(e, format!("making {} shared", dir.display())))
-        }
-        Err(e) => Err(errno_error(e, format!("making {} shared", dir.display()))),
-    }
-}
-
-/// Creates a network namespace pinned at `path`. The unshare happens on a thread of its
-/// own, so no runtime worker thread ever changes namespace; the bind mount outlives it.
-async fn create_netns(path: PathBuf) -> Result<()> {
-    blocking(move || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|err| {
-                io::Error::new(err.kind(), format!("creating {}: {err}", path.display()))
-            })?;
-        let target = path.clone();
-        let pinned = std::thread::Builder::new()
-            .name("netns-create".into())
-            .spawn(move || -> std::result::Result<(), (Errno, &'static str)> {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| (e, "unshare"))?;
-                nix::mount::mount(
-                    Some("/proc/thread-self/ns/net"),
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|e| (e, "bind-mount"))
-            })?
-            .join()
-            .map_err(|_| RuntimeError::Other("network namespace thread panicked".into()))?;
-        if let Err((errno, step)) = pinned {
-            let _ = std::fs::remove_file(&path);
-            return Err(errno_error(
-                errno,
-                format!("creating network namespace {} ({step})", path.display()),
-            ));
-        }
-        Ok(())
-    })
-    .await
-}
-
-/// Unmounts and deletes a namespace file; a missing or unmounted file is fine.
-async fn remove_netns(path: PathBuf) -> Result<()> {
-    blocking(move || {
-        match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => {}
-            Err(e) => return Err(errno_error(e, format!("unmounting {}", path.display()))),
-        }
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
-                err.kind(),
-                format!("removing {}: {err}", path.display()),
-            )
-            .into()),
-            _ => Ok(()),
-        }
-    })
-    .await
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cidr() -> Ipv4Cidr {
-        Ipv4Cidr::parse("10.244.1.0/24").unwrap()
-    }
-
-    #[test]
-    fn the_pod_address_is_the_sandbox_one_inside_the_cidr() {
-        let result = json!({
-            "cniVersion": "1.0.0",
-            "interfaces": [
-                { "name": "rkube0", "mac": "aa" },
-                { "name": "veth1", "mac": "bb" },
-                { "name": "eth0", "mac": "cc", "sandbox": "/var/run/netns/x" }
-            ],
-            "ips": [
-                { "address": "192.168.0.5/24", "interface": 2 },
-                { "address": "10.244.1.9/24", "interface": 0 },
-                { "address": "10.244.1.7/24", "gateway": "10.244.1.1", "interface": 2 }
-            ]
-        });
-        assert_eq!(
-            pod_ipv4(&result, &cidr()),
-            Some("10.244.1.7".parse().unwrap())
-        );
-        let without_interfaces = json!({ "ips": [{ "address": "10.244.1.4/24" }] });
-        assert_eq!(
-            pod_ipv4(&without_interfaces, &cidr()),
-            Some("10.244.1.4".parse().unwrap())
-        );
-        assert_eq!(pod_ipv4(&json!({ "ips": [] }), &cidr()), None);
-        assert_eq!(pod_ipv4(&json!({}), &cidr()), None);
-    }
-
-    #[test]
-    fn plugin_config_carries_name_version_and_previous_result() {
-        let network = CniNetwork::new(CniConfig::new("10.244.1.0/24", "/tmp/x")).unwrap();
-        let list = network.network_config();
-        let kinds: Vec<&str> = plugins(&list).map(plugin_type).collect();
-        assert_eq!(kinds, ["bridge", "loopback"]);
-        let bridge = plugins(&list).next().unwrap();
-        let prev = json!({ "ips": [] });
-        let conf = plugin_conf(&list, bridge, Some(&prev));
-        assert_eq!(conf["cniVersion"], "1.0.0");
-        assert_eq!(conf["name"], "rkube");
-        assert_eq!(conf["prevResult"], prev);
-        assert_eq!(conf["bridge"], "rkube0");
-        assert_eq!(conf["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
-        assert_eq!(conf["ipam"]["dataDir"], "/tmp/x/ipam");
-        assert!(plugin_conf(&list, bridge, None).get("prevResult").is_none());
-    }
-
-    #[test]
-    fn bad_configuration_and_pod_uids_are_rejected() {
-        assert!(CniNetwork::new(CniConfig::new("10.244.1.0", "/tmp/x")).is_err());
-        let mut long_bridge = CniConfig::new("10.244.1.0/24", "/tmp/x");
-        long_bridge.bridge_name = "a-very-long-bridge-name".into();
-        assert!(CniNetwork::new(long_bridge).is_err());
-        for bad in ["", "../etc", "a/b", ".hidden", "a b"] {
-            assert!(check_pod_uid(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(check_pod_uid("0f6c2a3e-1b2c-4d5e-8f90-123456789abc").is_ok());
-    }
-}
+mod tests;

@@ -110,7 +110,7 @@ pub fn table(
     include_object: Option<&str>,
 ) -> Value {
     let now = Utc::now();
-    let printer = crate::strategy::for_resource(resource).printer;
+    let printer = crate::strategy::for_resource(resource).rules.printer;
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {

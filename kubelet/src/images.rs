@@ -148,7 +148,7 @@ mod tests {
     fn pull_policy_of_latest_pinned_by_digest_agrees_with_the_api_server() {
         let image = format!("busybox:latest@sha256:{}", "0123456789abcdef".repeat(4));
         let mut pod = serde_json::json!({"spec": {"containers": [{"name": "c", "image": image}]}});
-        rkube_api::defaults::apply_kind_defaults("Pod", &mut pod);
+        rkube_api::kinds::POD.apply_defaults(&mut pod);
         let defaulted = pod["spec"]["containers"][0]["imagePullPolicy"].as_str();
         assert_eq!(defaulted, Some("Always"));
         assert_eq!(pull_policy(&container(&image, None)), "Always");

@@ -10,8 +10,8 @@
 //!   lifecycle).
 //!
 //! The Kubernetes semantics themselves live in `rkube-api` (no IO, shared with the other
-//! components): a strategy names its kind's Table printer there, and defaulting and
-//! validation are looked up there by kind.
+//! components): a strategy names its kind's [`KindRules`] there, which hold the name rule,
+//! defaulting, validation and Table printer.
 
 pub mod namespace;
 pub mod pod;
@@ -20,8 +20,8 @@ pub mod service;
 mod simple;
 pub mod workloads;
 
+use rkube_api::kinds::KindRules;
 use rkube_api::registry::ResourceInfo;
-use rkube_api::table::{self, Printer};
 use rkube_api::ApiError;
 use serde_json::Value;
 
@@ -32,14 +32,12 @@ pub use prepare::{prepare_create, prepare_update, UpdateScope};
 /// What the API server does differently for one kind. Kinds with nothing special take
 /// [`Strategy::DEFAULT`] for every field they do not name.
 pub struct Strategy {
-    /// The kind this strategy serves, in every group that serves it (both Event APIs
-    /// share one).
-    pub kind: &'static str,
+    /// The kind's rules in rkube-api: its kind (in every group that serves it; both
+    /// Event APIs share one), name rule, defaulting, validation and Table printer.
+    pub rules: &'static KindRules,
     /// Whether `metadata.generation` is maintained: 1 on create, bumped whenever anything
     /// but metadata and status changes (upstream: workloads and PodDisruptionBudgets).
     pub tracks_generation: bool,
-    /// Columns and cells of `kubectl get`.
-    pub printer: &'static Printer,
     /// Sets the fields the server assigns from the cluster's state (a Service's ClusterIP
     /// and NodePorts), on create once the namespace is known to be live.
     pub assign_on_create: fn(&ApiState, &ResourceInfo, &mut Value) -> Result<(), ApiError>,
@@ -63,9 +61,8 @@ pub struct Strategy {
 impl Strategy {
     /// Nothing kind-specific: metadata rules only, NAME and AGE columns.
     pub const DEFAULT: Strategy = Strategy {
-        kind: "",
+        rules: &KindRules::DEFAULT,
         tracks_generation: false,
-        printer: &table::DEFAULT,
         assign_on_create: |_, _, _| Ok(()),
         keep_assigned_on_update: |_, _, _| Ok(()),
         grace_period: None,
@@ -103,7 +100,7 @@ pub fn for_resource(resource: &ResourceInfo) -> &'static Strategy {
     STRATEGIES
         .iter()
         .copied()
-        .find(|s| s.kind == resource.kind)
+        .find(|s| s.rules.kind == resource.kind)
         .unwrap_or(&Strategy::DEFAULT)
 }
 
@@ -117,15 +114,15 @@ mod tests {
         for resource in REGISTRY {
             let matching = STRATEGIES
                 .iter()
-                .filter(|s| s.kind == resource.kind)
+                .filter(|s| s.rules.kind == resource.kind)
                 .count();
             assert_eq!(matching, 1, "{}", resource.kind);
         }
         for strategy in STRATEGIES {
             assert!(
-                REGISTRY.iter().any(|r| r.kind == strategy.kind),
+                REGISTRY.iter().any(|r| r.kind == strategy.rules.kind),
                 "strategy for {} which is not served",
-                strategy.kind
+                strategy.rules.kind
             );
         }
     }

@@ -2,7 +2,7 @@
 //! `spec.finalizers` (emptied by the namespace controller through the finalize subresource)
 //! hold them until their content is gone.
 
-use rkube_api::{registry, table, ApiError};
+use rkube_api::{kinds, registry, ApiError};
 use serde_json::{json, Value};
 
 use super::Strategy;
@@ -11,8 +11,7 @@ use crate::objects;
 use crate::ApiState;
 
 pub static NAMESPACE: Strategy = Strategy {
-    kind: "Namespace",
-    printer: &table::NAMESPACE,
+    rules: &kinds::NAMESPACE,
     mark_terminating: |ns| ns["status"]["phase"] = json!("Terminating"),
     held_after_deletion: |ns| {
         ns["spec"]["finalizers"]

@@ -1,15 +1,14 @@
 //! Pods: graceful deletion, and the rules of the binding subresource (eviction is a delete).
 
 use rkube_api::registry::ResourceInfo;
-use rkube_api::{table, ApiError, StatusCause};
+use rkube_api::{kinds, ApiError, StatusCause};
 use serde_json::{json, Value};
 
 use super::Strategy;
 use crate::objects;
 
 pub static POD: Strategy = Strategy {
-    kind: "Pod",
-    printer: &table::POD,
+    rules: &kinds::POD,
     grace_period: Some(grace_period),
     ..Strategy::DEFAULT
 };

@@ -1,10 +1,11 @@
 //! What every write does the same way, whatever the kind: names, namespace and the
 //! server-owned metadata, the status/spec split of an update and generation bumps; the
-//! kind's defaulting and validation run here too.
+//! kind's defaulting and validation (its [`KindRules`](rkube_api::kinds::KindRules)) run
+//! here too.
 
 use rand::Rng;
 use rkube_api::registry::ResourceInfo;
-use rkube_api::{defaults, validation, ApiError, StatusCause};
+use rkube_api::{ApiError, StatusCause};
 use serde_json::{json, Map, Value};
 
 use crate::objects::{check_type, meta, meta_mut, name_of, now_rfc3339};
@@ -72,12 +73,13 @@ pub fn prepare_create(
     meta.remove("deletionGracePeriodSeconds");
     meta.remove("managedFields");
     meta.remove("selfLink");
-    if super::for_resource(resource).tracks_generation {
+    let strategy = super::for_resource(resource);
+    if strategy.tracks_generation {
         meta.insert("generation".into(), json!(1));
     } else {
         meta.remove("generation");
     }
-    defaults::apply_defaults(resource, obj);
+    strategy.rules.apply_defaults(obj);
     let name = name_of(obj).unwrap_or("").to_string();
     let mut causes = Vec::new();
     if name.is_empty() {
@@ -85,7 +87,7 @@ pub fn prepare_create(
         // Upstream reports a missing name on its own: nothing else is meaningful without it.
         return Err(ApiError::invalid(resource, "", causes));
     }
-    causes.extend(validation::validate_create(resource, obj));
+    causes.extend(strategy.rules.validate_create(resource, obj));
     if !causes.is_empty() {
         return Err(ApiError::invalid(resource, &name, causes));
     }
@@ -186,13 +188,13 @@ pub fn prepare_update(
     // A status write carries the stored (already defaulted) spec; defaulting it again
     // could only invent differences.
     if scope != UpdateScope::Status {
-        defaults::apply_defaults(resource, new);
+        strategy.rules.apply_defaults(new);
     }
     if tracks_generation && spec_part(old) != spec_part(new) {
         let g = new["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
         meta_mut(new).insert("generation".into(), json!(g));
     }
-    let causes = validation::validate_update(resource, new, old);
+    let causes = strategy.rules.validate_update(resource, new, old);
     if !causes.is_empty() {
         return Err(ApiError::invalid(resource, &name, causes));
     }

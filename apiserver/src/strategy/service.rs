@@ -2,28 +2,25 @@
 //! across updates; Endpoints and EndpointSlices.
 
 use rkube_api::registry::ResourceInfo;
-use rkube_api::{table, ApiError, StatusCause};
+use rkube_api::{kinds, ApiError, StatusCause};
 use serde_json::{json, Value};
 
 use super::Strategy;
 
 pub static SERVICE: Strategy = Strategy {
-    kind: "Service",
-    printer: &table::SERVICE,
+    rules: &kinds::SERVICE,
     assign_on_create: crate::admission::allocate_service,
     keep_assigned_on_update: keep_assigned,
     ..Strategy::DEFAULT
 };
 
 pub static ENDPOINTS: Strategy = Strategy {
-    kind: "Endpoints",
-    printer: &table::ENDPOINTS,
+    rules: &kinds::ENDPOINTS,
     ..Strategy::DEFAULT
 };
 
 pub static ENDPOINT_SLICE: Strategy = Strategy {
-    kind: "EndpointSlice",
-    printer: &table::ENDPOINT_SLICE,
+    rules: &kinds::ENDPOINT_SLICE,
     ..Strategy::DEFAULT
 };
 

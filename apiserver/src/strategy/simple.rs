@@ -1,43 +1,37 @@
 //! Kinds whose only rules are their defaulting, validation and printer (and, for Events,
 //! expiry after `--event-ttl`).
 
-use rkube_api::table;
+use rkube_api::kinds;
 
 use super::Strategy;
 
 pub static CONFIG_MAP: Strategy = Strategy {
-    kind: "ConfigMap",
-    printer: &table::CONFIG_MAP,
+    rules: &kinds::CONFIG_MAP,
     ..Strategy::DEFAULT
 };
 
 pub static SECRET: Strategy = Strategy {
-    kind: "Secret",
-    printer: &table::SECRET,
+    rules: &kinds::SECRET,
     ..Strategy::DEFAULT
 };
 
 pub static SERVICE_ACCOUNT: Strategy = Strategy {
-    kind: "ServiceAccount",
-    printer: &table::SERVICE_ACCOUNT,
+    rules: &kinds::SERVICE_ACCOUNT,
     ..Strategy::DEFAULT
 };
 
 pub static NODE: Strategy = Strategy {
-    kind: "Node",
-    printer: &table::NODE,
+    rules: &kinds::NODE,
     ..Strategy::DEFAULT
 };
 
 pub static LEASE: Strategy = Strategy {
-    kind: "Lease",
-    printer: &table::LEASE,
+    rules: &kinds::LEASE,
     ..Strategy::DEFAULT
 };
 
 pub static EVENT: Strategy = Strategy {
-    kind: "Event",
-    printer: &table::EVENT,
+    rules: &kinds::EVENT,
     expires_after_event_ttl: true,
     ..Strategy::DEFAULT
 };

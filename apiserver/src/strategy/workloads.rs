@@ -3,55 +3,49 @@
 
 use rkube_api::registry::ResourceInfo;
 use rkube_api::selectors::LabelSelector;
-use rkube_api::{table, ApiError, StatusCause};
+use rkube_api::{kinds, ApiError, StatusCause};
 use serde_json::{json, Value};
 
 use super::Strategy;
 
 pub static DEPLOYMENT: Strategy = Strategy {
-    kind: "Deployment",
+    rules: &kinds::DEPLOYMENT,
     tracks_generation: true,
-    printer: &table::DEPLOYMENT,
     ..Strategy::DEFAULT
 };
 
 pub static REPLICA_SET: Strategy = Strategy {
-    kind: "ReplicaSet",
+    rules: &kinds::REPLICA_SET,
     tracks_generation: true,
-    printer: &table::REPLICA_SET,
     ..Strategy::DEFAULT
 };
 
 pub static DAEMON_SET: Strategy = Strategy {
-    kind: "DaemonSet",
+    rules: &kinds::DAEMON_SET,
     tracks_generation: true,
-    printer: &table::DAEMON_SET,
     ..Strategy::DEFAULT
 };
 
 pub static STATEFUL_SET: Strategy = Strategy {
-    kind: "StatefulSet",
+    rules: &kinds::STATEFUL_SET,
     tracks_generation: true,
-    printer: &table::STATEFUL_SET,
     ..Strategy::DEFAULT
 };
 
 pub static JOB: Strategy = Strategy {
-    kind: "Job",
+    rules: &kinds::JOB,
     tracks_generation: true,
-    printer: &table::JOB,
     ..Strategy::DEFAULT
 };
 
 pub static HORIZONTAL_POD_AUTOSCALER: Strategy = Strategy {
-    kind: "HorizontalPodAutoscaler",
+    rules: &kinds::HORIZONTAL_POD_AUTOSCALER,
     ..Strategy::DEFAULT
 };
 
 pub static POD_DISRUPTION_BUDGET: Strategy = Strategy {
-    kind: "PodDisruptionBudget",
+    rules: &kinds::POD_DISRUPTION_BUDGET,
     tracks_generation: true,
-    printer: &table::POD_DISRUPTION_BUDGET,
     ..Strategy::DEFAULT
 };
 

@@ -7,7 +7,10 @@
 //! - [`selectors`]: label and field selectors, and the one label-selector matcher.
 //! - [`semantics`]: rules every component applies: QoS class, default pull policy,
 //!   tolerations, node selectors and required node affinity.
-//! - [`defaults`] and [`validation`]: per-kind defaulting and validation of JSON objects.
+//! - [`kinds`]: each built-in kind's rules in one place (name rule, defaulting, validation,
+//!   printer), one static per kind.
+//! - [`defaults`] and [`validation`]: defaulting and validation of JSON objects, by family
+//!   of kinds.
 //! - [`typed`]: schema checks against the upstream types (wrong JSON types, unknown fields).
 //! - [`table`]: `meta.k8s.io/v1` Table columns and cells for `kubectl get`.
 //!
@@ -16,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod defaults;
+pub mod kinds;
 pub mod quantity;
 pub mod registry;
 pub mod selectors;

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
+use super::causes::{child, index, invalid_raw, key, not_found, required_detail};
+use super::meta::validate_labels;
 use super::names;
-use super::{child, index, invalid_raw, key, not_found, required_detail, validate_labels};
 use crate::quantity::{self, Quantity};
 use crate::status::StatusCause;
 
@@ -32,6 +33,16 @@ fn str_of(v: &Value) -> &str {
 
 fn items(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// A Pod's own rules: its spec.
+pub fn validate_pod(obj: &Value, errs: &mut Vec<StatusCause>) {
+    errs.extend(validate_pod_spec(&obj["spec"], "spec", SpecOwner::Pod));
+}
+
+/// What an update of a Pod may change.
+pub fn validate_pod_update(new: &Value, old: &Value, errs: &mut Vec<StatusCause>) {
+    errs.extend(validate_pod_spec_update(new, old));
 }
 
 /// Validates a pod spec at `path` (`spec` or `spec.template.spec`).

@@ -1,7 +1,21 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::registry::find_kind;
+use crate::kinds;
+use crate::registry::{find_kind, ResourceInfo};
+use crate::status::StatusCause;
+
+/// What the API server checks on create, by the rules of the resource's kind.
+fn validate_create(resource: &ResourceInfo, obj: &Value) -> Vec<StatusCause> {
+    let rules = kinds::find(resource.kind).unwrap();
+    rules.validate_create(resource, obj)
+}
+
+/// What the API server checks on update, by the rules of the resource's kind.
+fn validate_update(resource: &ResourceInfo, new: &Value, old: &Value) -> Vec<StatusCause> {
+    let rules = kinds::find(resource.kind).unwrap();
+    rules.validate_update(resource, new, old)
+}
 
 fn info(kind: &str) -> &'static ResourceInfo {
     crate::registry::REGISTRY
@@ -13,7 +27,7 @@ fn info(kind: &str) -> &'static ResourceInfo {
 /// What the server does on create: default, then validate.
 fn create(kind: &str, obj: &Value) -> Vec<StatusCause> {
     let mut obj = obj.clone();
-    crate::defaults::apply_kind_defaults(kind, &mut obj);
+    kinds::find(kind).unwrap().apply_defaults(&mut obj);
     validate_create(info(kind), &obj)
 }
 

@@ -66,10 +66,18 @@ async fn nodes_register_ready_and_a_stopped_node_stops_renewing() {
             .and_then(|s| s.renew_time)
             .map(|t| t.0.to_string())
     };
+    let renewals_at_stop = cluster.stats().lease_renewals;
     cluster.stop_node(&names[0]).unwrap();
     assert!(!cluster.is_running(&names[0]));
-    // A renewal of the stopped node's lease already under way may still land; wait it out.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A renewal of the stopped node's lease already under way may still land. Renewal rounds
+    // run one after another, and the round under way adds at most two (one per node): a third
+    // renewal is from a later round, so by then the one under way has finished.
+    wait_for(
+        "a renewal round that began after the stop",
+        WAIT,
+        || async { cluster.stats().lease_renewals >= renewals_at_stop + 3 },
+    )
+    .await;
     let dead_before = renew_time(leases.get(&names[0]).await.unwrap());
     let live_before = renew_time(leases.get(&names[1]).await.unwrap());
     assert!(dead_before.is_some() && live_before.is_some());

@@ -1,5 +1,8 @@
 //! Image pull policy and registry credentials from imagePullSecrets.
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Secret};
 use rkube_api::semantics::images::effective_pull_policy;
 use rkube_cri::RegistryAuth;
@@ -37,29 +40,13 @@ fn normalise_registry_key(key: &str) -> String {
     }
 }
 
+/// dockercfg `auth` fields are standard base64; padding is optional in the wild.
 fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut buffer = 0u32;
-    let mut bits = 0u32;
-    for byte in input.bytes() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' | b'\n' | b'\r' => continue,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(input.trim()).ok()
 }
 
 /// Credentials for `image` from the pod's pull secrets (`kubernetes.io/dockerconfigjson`

@@ -363,11 +363,10 @@ pub(crate) mod testing {
 
     /// Polls `check` until it holds; fails after 30 s.
     pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !check() {
-            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        rkube_testkit::wait_for(what, Duration::from_secs(30), || {
+            std::future::ready(check())
+        })
+        .await;
     }
 }
 

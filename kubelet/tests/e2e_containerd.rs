@@ -97,25 +97,21 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
         .await
         .unwrap();
     assert_eq!(page, "hello from a configmap\n");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let logs = reqwest::get(format!(
+    let env_logs = || async {
+        reqwest::get(format!(
             "http://127.0.0.1:{kubelet_port}/containerLogs/default/web/env"
         ))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-        if logs.contains("password=hunter2") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "env container logs: {logs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .unwrap()
+    };
+    let logged = rkube_testkit::poll_until(Duration::from_secs(30), || async {
+        env_logs().await.contains("password=hunter2")
+    })
+    .await;
+    assert!(logged.is_ok(), "env container logs: {:?}", env_logs().await);
 
     let status = wait_for_status(&pods, "crasher", "CrashLoopBackOff", |s| {
         s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
@@ -142,14 +138,10 @@ async fn pods_run_on_containerd_with_network_volumes_logs_crash_loops_and_deleti
     // Delete with grace: httpd and sleep stop on SIGTERM (sleep as pid 1 ignores it, so SIGKILL after 5 s).
     let web_uid = pods.get("web").await.unwrap().metadata.uid.unwrap();
     pods.delete("web", &DeleteParams::default()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while pods.get_opt("web").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "web was never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    rkube_testkit::wait_for("web to be removed", Duration::from_secs(40), || async {
+        pods.get_opt("web").await.unwrap().is_none()
+    })
+    .await;
     let left: Vec<_> = runtime
         .list()
         .await

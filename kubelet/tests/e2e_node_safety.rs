@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{pod_cgroups, spawn_kubelet, status_of, wait_until, RealNode, RealNodeParams};
+use common::{
+    pod_cgroups, spawn_kubelet, status_of, wait_for_status, RealNode, RealNodeParams, WAIT,
+};
 use kube::api::DeleteParams;
 use rkube_cri::PodNetwork;
 use serde_json::json;
@@ -52,15 +52,15 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
         .join("kubelet/pods")
         .join(&writer_uid)
         .join("volumes/data/nested/dir/file");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while std::fs::read_to_string(&written).ok().as_deref() != Some("written-through-subpath\n") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the container never wrote through its subPath: {:#}",
-            status_of(&pods, "writer").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let wrote = rkube_testkit::poll_until(WAIT, || async {
+        std::fs::read_to_string(&written).ok().as_deref() == Some("written-through-subpath\n")
+    })
+    .await;
+    assert!(
+        wrote.is_ok(),
+        "the container never wrote through its subPath: {:#}",
+        status_of(&pods, "writer").await
+    );
 
     // An init container plants a symlink to / in the volume; the subPath through it is
     // refused instead of bind-mounting the host's /etc.
@@ -81,19 +81,11 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
         }
     }))
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let refused = loop {
-        let status = status_of(&pods, "escaper").await;
-        let waiting = status["containerStatuses"][0]["state"]["waiting"].clone();
-        if waiting["reason"] == "CreateContainerConfigError" {
-            break waiting;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the escaping subPath was never refused: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let refused = wait_for_status(&pods, "escaper", "its escaping subPath refused", |s| {
+        s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    })
+    .await["containerStatuses"][0]["state"]["waiting"]
+        .clone();
     let message = refused["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("subPath \"escape/etc\" is outside of the volume \"data\""),
@@ -120,17 +112,21 @@ async fn sub_paths_stay_in_their_volume_and_pods_deleted_while_down_are_swept() 
     let pod_dir = node.dir.path().join("kubelet/pods").join(&writer_uid);
     let node_ref = &node;
     let uid_ref = &writer_uid;
-    wait_until("the deleted pod's leftovers are removed", move || {
-        let node = node_ref;
-        let writer_uid = uid_ref.clone();
-        let pod_dir = pod_dir.clone();
-        async move {
-            node.containers_of(&writer_uid).await.is_empty()
-                && node.network.status(&writer_uid).await.unwrap().is_none()
-                && pod_cgroups(&writer_uid).is_empty()
-                && !pod_dir.exists()
-        }
-    })
+    rkube_testkit::wait_for(
+        "the deleted pod's leftovers to be removed",
+        WAIT,
+        move || {
+            let node = node_ref;
+            let writer_uid = uid_ref.clone();
+            let pod_dir = pod_dir.clone();
+            async move {
+                node.containers_of(&writer_uid).await.is_empty()
+                    && node.network.status(&writer_uid).await.unwrap().is_none()
+                    && pod_cgroups(&writer_uid).is_empty()
+                    && !pod_dir.exists()
+            }
+        },
+    )
     .await;
     assert!(
         node.network

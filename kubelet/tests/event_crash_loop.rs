@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use rkube_cri::{labels, ContainerRuntime, ContainerState};
+use rkube_testkit::TimedOut;
 use serde_json::json;
 
 const NODE: &str = "crash-loop-node";
@@ -62,33 +63,43 @@ async fn a_crash_looping_pod_keeps_a_bounded_number_of_events() {
         .uid
         .unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while restart_count(&pods).await < RESTARTS {
-        for c in runtime.list().await.unwrap() {
-            let ours = c.labels.get(labels::POD_UID) == Some(&uid);
-            if ours && matches!(c.state, ContainerState::Running { .. }) {
-                runtime.exit(&c.id, 1).unwrap();
+    // Each look kills the running container; looking often keeps the restarts quick.
+    let crashed = rkube_testkit::try_poll(
+        Duration::from_millis(20),
+        Duration::from_secs(120),
+        || async {
+            for c in runtime.list().await.unwrap() {
+                let ours = c.labels.get(labels::POD_UID) == Some(&uid);
+                if ours && matches!(c.state, ContainerState::Running { .. }) {
+                    runtime.exit(&c.id, 1).unwrap();
+                }
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} restarts",
-            restart_count(&pods).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            Ok((restart_count(&pods).await >= RESTARTS).then_some(()))
+        },
+        || TimedOut,
+    )
+    .await;
+    assert!(
+        crashed.is_ok(),
+        "only {} restarts",
+        restart_count(&pods).await
+    );
     let restarts = restart_count(&pods).await as usize;
 
     // The kubelet writes events in the background: wait until what it has written adds up
     // to the occurrences the rate limit lets through (its burst), then look.
-    let wait = tokio::time::Instant::now() + Duration::from_secs(30);
-    let events = loop {
+    let events = rkube_testkit::poll_for(Duration::from_secs(30), || async {
         let events = events_about(&client, &uid).await;
         let total: i32 = events.iter().map(|e| e.count.unwrap_or(1)).sum();
-        if total >= 25 || tokio::time::Instant::now() > wait {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        (total >= 25).then_some(events)
+    })
+    .await;
+    let events = match events {
+        Ok(events) => events,
+        Err(TimedOut) => panic!(
+            "the Events never added up to the rate limit's burst: {:#?}",
+            events_about(&client, &uid).await
+        ),
     };
     let kinds: BTreeSet<(String, String)> = events
         .iter()

@@ -4,15 +4,17 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{spawn_kubelet, wait_for_status, FakeNode, RunningKubelet};
+use common::{spawn_kubelet, wait_for_status, FakeNode, RunningKubelet, WAIT};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rkube_cri::fake::ExecOutcome;
 use rkube_cri::{labels, ContainerState, PodNetwork};
+use rkube_testkit::{poll_until, wait_for, wait_for_value};
 use rkubelet::KubeletConfig;
 use serde_json::{json, Value};
 
@@ -84,20 +86,13 @@ fn is_true(status: &Value, kind: &str) -> bool {
 async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
     let h = Harness::start().await;
     let nodes: Api<Node> = Api::all(h.node.client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let node = loop {
-        if let Some(node) = nodes.get_opt(NODE).await.unwrap() {
-            let v = serde_json::to_value(&node).unwrap();
-            if condition(&v["status"], "Ready").is_some_and(|c| c["status"] == "True") {
-                break v;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node never became Ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let node = wait_for_value("the node to be Ready", WAIT, || async {
+        let node = serde_json::to_value(nodes.get_opt(NODE).await.unwrap()?).unwrap();
+        condition(&node["status"], "Ready")
+            .is_some_and(|c| c["status"] == "True")
+            .then_some(node)
+    })
+    .await;
     assert_eq!(
         node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
         h.kubelet.port
@@ -180,28 +175,19 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         .await;
     let uid = pod.metadata.uid.clone().unwrap();
     // The init container must finish before the main container starts.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let init_id = loop {
-        let init = h
-            .node
-            .containers_of(&uid)
-            .await
-            .into_iter()
-            .find(|c| c.labels[labels::CONTAINER_NAME] == "setup");
-        if let Some(init) = init {
-            assert_eq!(
-                h.node.containers_of(&uid).await.len(),
-                1,
-                "main container started before init finished"
-            );
-            break init.id;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "init container never created"
+    let init_id = wait_for_value("the init container", WAIT, || async {
+        let containers = h.node.containers_of(&uid).await;
+        let init = containers
+            .iter()
+            .find(|c| c.labels[labels::CONTAINER_NAME] == "setup")?;
+        assert_eq!(
+            containers.len(),
+            1,
+            "main container started before init finished"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        Some(init.id.clone())
+    })
+    .await;
     let waiting = h
         .wait_for("web", "Init:0/1", |s| {
             s["initContainerStatuses"][0]["state"]["running"].is_object()
@@ -293,14 +279,10 @@ async fn node_registers_with_lease_and_pod_runs_ready_with_env_and_volumes() {
         .await
         .unwrap();
     let index = format!("{}/index.html", www["source"].as_str().unwrap());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&index).unwrap() != "updated" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ConfigMap volume never refreshed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the ConfigMap volume to refresh", WAIT, || async {
+        std::fs::read_to_string(&index).unwrap() == "updated"
+    })
+    .await;
 
     // The kubelet's HTTP server answers for this pod.
     let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", h.kubelet.port))
@@ -320,9 +302,9 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
         }))
         .await;
     let uid = pod.metadata.uid.clone().unwrap();
-    let mut backoffs: Vec<String> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while backoffs.len() < 3 {
+    // Each look kills the running container and notes a back-off message it has not seen.
+    let backoffs: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let saw_three = poll_until(WAIT, || async {
         for c in h.node.containers_of(&uid).await {
             if matches!(c.state, ContainerState::Running { .. }) {
                 h.node.runtime.exit(&c.id, 1).unwrap();
@@ -350,16 +332,16 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
             assert_eq!(app["lastState"]["terminated"]["exitCode"], 1);
             assert_eq!(app["lastState"]["terminated"]["reason"], "Error");
             assert_eq!(status["phase"], "Running");
+            let mut backoffs = backoffs.borrow_mut();
             if backoffs.last() != Some(&message) {
                 backoffs.push(message);
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "saw only {backoffs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        backoffs.borrow().len() >= 3
+    })
+    .await;
+    let backoffs = backoffs.into_inner();
+    assert!(saw_three.is_ok(), "saw only {backoffs:?}");
     assert!(backoffs[0].starts_with("back-off 1s"), "{backoffs:?}");
     assert!(backoffs[1].starts_with("back-off 2s"), "{backoffs:?}");
     assert!(backoffs[2].starts_with("back-off 4s"), "{backoffs:?}");
@@ -379,31 +361,24 @@ async fn crash_loop_backs_off_longer_each_time_and_deletion_stops_everything() {
     assert!(h.node.containers_of(&uid).await.len() <= 2);
 
     // Let it run, then delete it: SIGTERM stops it, and the kubelet removes the pod.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !h
-        .node
-        .containers_of(&uid)
-        .await
-        .iter()
-        .any(|c| matches!(c.state, ContainerState::Running { .. }))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never restarted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the container to restart", WAIT, || async {
+        h.node
+            .containers_of(&uid)
+            .await
+            .iter()
+            .any(|c| matches!(c.state, ContainerState::Running { .. }))
+    })
+    .await;
     assert_eq!(h.node.network.allocated(), 1);
     h.node
         .pods()
         .delete("crasher", &DeleteParams::default())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while h.node.pods().get_opt("crasher").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod was never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the pod to be removed", WAIT, || async {
+        h.node.pods().get_opt("crasher").await.unwrap().is_none()
+    })
+    .await;
     assert!(
         h.node.containers_of(&uid).await.is_empty(),
         "containers left behind"
@@ -453,29 +428,37 @@ async fn bad_specs_give_clear_waiting_reasons() {
         status["containerStatuses"][0]["state"]["waiting"]["message"],
         "Back-off pulling image \"example.invalid/nothing:1\""
     );
+    // The recorder writes Events in the background, after the status may already show.
     let events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(h.node.client.clone(), "default");
-    let failed: Vec<String> = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some("no-image")
-                && e.reason.as_deref() == Some("Failed")
-        })
-        .filter_map(|e| e.message)
-        .collect();
-    assert!(
+    let failed_pull_events = || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some("no-image")
+                    && e.reason.as_deref() == Some("Failed")
+            })
+            .filter_map(|e| e.message)
+            .collect::<Vec<String>>()
+    };
+    let both_recorded = |failed: &[String]| {
         failed
             .iter()
-            .any(|m| m.starts_with("Failed to pull image \"example.invalid/nothing:1\"")),
-        "{failed:?}"
-    );
+            .any(|m| m.starts_with("Failed to pull image \"example.invalid/nothing:1\""))
+            && failed.iter().any(|m| m == "Error: ErrImagePull")
+    };
+    let recorded = poll_until(WAIT, || async {
+        both_recorded(&failed_pull_events().await)
+    })
+    .await;
     assert!(
-        failed.iter().any(|m| m == "Error: ErrImagePull"),
-        "{failed:?}"
+        recorded.is_ok(),
+        "the pull failure's Events: {:?}",
+        failed_pull_events().await
     );
     let status = h
         .wait_for("never", "ErrImageNeverPull", |s| {
@@ -512,21 +495,15 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
         }))
         .await;
     let uid = job.metadata.uid.clone().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(c) = h
-            .node
+    let running = wait_for_value("the job's container to run", WAIT, || async {
+        h.node
             .containers_of(&uid)
             .await
             .into_iter()
             .find(|c| matches!(c.state, ContainerState::Running { .. }))
-        {
-            h.node.runtime.exit(&c.id, 3).unwrap();
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    h.node.runtime.exit(&running.id, 3).unwrap();
     let status = h
         .wait_for("job", "Failed", |s| s["phase"] == "Failed")
         .await;
@@ -567,18 +544,11 @@ async fn restart_policy_never_and_kubelet_restart_keeps_containers() {
     let h = Harness { node, kubelet };
     // The new kubelet reports the node with its new port, then the same container.
     let nodes: Api<Node> = Api::all(h.node.client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for("the new kubelet to report the node", WAIT, || async {
         let node = serde_json::to_value(nodes.get(NODE).await.unwrap()).unwrap();
-        if node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == h.kubelet.port {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "new kubelet never reported"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == h.kubelet.port
+    })
+    .await;
     let finished = h
         .wait_for("job", "a status from the new kubelet", |s| {
             condition(s, MARKER).is_none()

@@ -85,9 +85,10 @@ impl ApiServer {
         let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for namespace in ["default", "kube-node-lease"] {
-            while namespaces.get(namespace).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            rkube_testkit::wait_for(&format!("namespace {namespace}"), WAIT, || async {
+                namespaces.get(namespace).await.is_ok()
+            })
+            .await;
         }
         ApiServer { client, stop, task }
     }
@@ -264,36 +265,28 @@ pub async fn status_of(pods: &Api<Pod>, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Polls the pod's status until `check` holds, for up to 90 s; returns that status.
+/// How long the tests wait for the kubelet to get somewhere.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// Polls the pod's status until `check` holds, for up to [`WAIT`]; returns that status, or
+/// panics with the status it last saw.
 pub async fn wait_for_status(
     pods: &Api<Pod>,
     name: &str,
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
+    let found = rkube_testkit::poll_for(WAIT, || async {
         let status = status_of(pods, name).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod {name} never got {what}: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `check` until it holds, for up to 90 s.
-pub async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        check(&status).then_some(status)
+    })
+    .await;
+    match found {
+        Ok(status) => status,
+        Err(rkube_testkit::TimedOut) => panic!(
+            "pod {name} never got {what}: {:#}",
+            status_of(pods, name).await
+        ),
     }
 }
 

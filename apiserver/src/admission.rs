@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use crate::ApiState;
 
 const RECENT: Duration = Duration::from_secs(60);
-pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 /// An IPv4 CIDR such as 10.96.0.0/12.
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +174,7 @@ fn allocate_node_ports(
     let Some(ports) = obj["spec"]["ports"].as_array_mut() else {
         return Ok(());
     };
-    let (lo, hi) = NODE_PORT_RANGE;
+    let (lo, hi) = rkube_api::validation::NODE_PORT_RANGE;
     for (i, p) in ports.iter_mut().enumerate() {
         let port = match p["nodePort"].as_u64() {
             Some(n) => {

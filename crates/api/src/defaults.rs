@@ -21,7 +21,6 @@ pub mod workloads;
 use serde_json::{json, Map, Value};
 
 pub use cluster::NAMESPACE_NAME_LABEL;
-pub use config::base64_encode;
 
 /// The object at `obj[field]`, created as `{}` when absent or not an object.
 pub(crate) fn object_at<'a>(obj: &'a mut Value, field: &str) -> &'a mut Map<String, Value> {

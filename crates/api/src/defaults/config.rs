@@ -1,6 +1,7 @@
 //! Secrets: the `Opaque` type, and `stringData` merged into `data`. (ConfigMaps have no
 //! defaults.)
 
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use serde_json::{json, Map, Value};
 
 use super::{child_object, set_if_absent};
@@ -21,28 +22,6 @@ fn merge_string_data(secret: &mut Map<String, Value>) {
     let data = child_object(secret, "data");
     for (k, v) in string_data {
         let text = v.as_str().unwrap_or("");
-        data.insert(k, json!(base64_encode(text.as_bytes())));
+        data.insert(k, json!(BASE64_STANDARD.encode(text)));
     }
-}
-
-/// Standard padded base64, as Go encodes `[]byte` in JSON.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -12,7 +12,7 @@ use super::{gofmt, names};
 use crate::status::StatusCause;
 
 /// The default `--service-node-port-range`.
-pub const NODE_PORT_RANGE: (i64, i64) = (30000, 32767);
+pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
 
@@ -122,7 +122,9 @@ pub fn validate_service(obj: &Value, errs: &mut Vec<StatusCause>) {
                     np_path,
                     format!("may not be used when `type` is '{svc_type}'"),
                 ));
-            } else if !(NODE_PORT_RANGE.0..=NODE_PORT_RANGE.1).contains(&node_port) {
+            } else if !(i64::from(NODE_PORT_RANGE.0)..=i64::from(NODE_PORT_RANGE.1))
+                .contains(&node_port)
+            {
                 errs.push(StatusCause::invalid(
                     np_path,
                     &json!(node_port),

@@ -4,7 +4,9 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Secret};
-use rkube_api::semantics::images::effective_pull_policy;
+use rkube_api::semantics::images::{
+    canonical_registry_domain, effective_pull_policy, ImageReference,
+};
 use rkube_cri::RegistryAuth;
 
 /// The effective pull policy: the container's, else upstream's default (the same
@@ -18,26 +20,23 @@ pub fn pull_policy(container: &Container) -> String {
     .to_string()
 }
 
-/// The registry host of an image reference, as docker normalises it.
-pub fn registry_host(image: &str) -> String {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first.to_string()
-        }
-        _ => "docker.io".to_string(),
-    }
+/// The registry an image's credentials are keyed by: its domain as docker normalises it,
+/// with Docker Hub's names folded into one. `None` when the reference does not parse (the
+/// pull then fails on its own).
+pub fn registry_domain(image: &str) -> Option<String> {
+    let reference = ImageReference::parse(image).ok()?;
+    Some(canonical_registry_domain(&reference.domain).to_string())
 }
 
-fn normalise_registry_key(key: &str) -> String {
+/// The registry a dockercfg key names: a host, optionally with scheme and path
+/// (`https://index.docker.io/v1/`), normalised like [`registry_domain`].
+fn registry_key_domain(key: &str) -> &str {
     let without_scheme = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
     let host = without_scheme.split('/').next().unwrap_or(without_scheme);
-    match host {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
-        other => other.to_string(),
-    }
+    canonical_registry_domain(host)
 }
 
 /// dockercfg `auth` fields are standard base64; padding is optional in the wild.
@@ -52,7 +51,7 @@ fn base64_decode(input: &str) -> Option<Vec<u8>> {
 /// Credentials for `image` from the pod's pull secrets (`kubernetes.io/dockerconfigjson`
 /// or the older `kubernetes.io/dockercfg`), the first matching registry wins.
 pub fn auth_for(image: &str, secrets: &[Secret]) -> Option<RegistryAuth> {
-    let wanted = registry_host(image);
+    let wanted = registry_domain(image)?;
     for secret in secrets {
         let Some(data) = secret.data.as_ref() else {
             continue;
@@ -72,7 +71,7 @@ pub fn auth_for(image: &str, secrets: &[Secret]) -> Option<RegistryAuth> {
             continue;
         };
         for (key, entry) in auths {
-            if normalise_registry_key(key) != wanted {
+            if registry_key_domain(key) != wanted {
                 continue;
             }
             let username = entry["username"].as_str().unwrap_or("").to_string();
@@ -144,11 +143,16 @@ mod tests {
     }
 
     #[test]
-    fn registry_hosts() {
-        assert_eq!(registry_host("busybox"), "docker.io");
-        assert_eq!(registry_host("library/busybox:1"), "docker.io");
-        assert_eq!(registry_host("127.0.0.1:5000/x/y:z"), "127.0.0.1:5000");
-        assert_eq!(registry_host("localhost/x"), "localhost");
+    fn registry_domains() {
+        let domain = |image| registry_domain(image);
+        assert_eq!(domain("busybox").as_deref(), Some("docker.io"));
+        assert_eq!(domain("library/busybox:1").as_deref(), Some("docker.io"));
+        assert_eq!(
+            domain("127.0.0.1:5000/x/y:z").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(domain("localhost/x").as_deref(), Some("localhost"));
+        assert_eq!(domain("Not A Reference"), None);
     }
 
     #[test]
@@ -180,5 +184,53 @@ mod tests {
         );
         assert_eq!(auth_for("busybox", &secrets).unwrap().username, "bob");
         assert_eq!(auth_for("quay.io/x", &secrets), None);
+    }
+
+    /// Regression: an image written with docker's legacy hub domain was matched against
+    /// `index.docker.io` while every hub key is normalised to `docker.io`, so its pull
+    /// secret was never used.
+    #[test]
+    fn legacy_hub_domain_gets_hub_credentials() {
+        let secret = Secret {
+            data: Some(
+                [(
+                    ".dockerconfigjson".to_string(),
+                    ByteString(
+                        json!({"auths": {"https://index.docker.io/v1/": {"username": "bob", "password": "pw"}}})
+                            .to_string()
+                            .into_bytes(),
+                    ),
+                )]
+                .into(),
+            ),
+            ..Secret::default()
+        };
+        let secrets = [secret];
+        for image in [
+            "index.docker.io/library/busybox:1",
+            "index.docker.io/busybox",
+            "docker.io/busybox",
+            "busybox",
+        ] {
+            assert_eq!(
+                auth_for(image, &secrets).map(|a| a.username),
+                Some("bob".to_string()),
+                "{image}"
+            );
+        }
+    }
+
+    /// Regression: an upper-case first component is a registry host to docker (repository
+    /// names are lower case), so its credentials are that host's, not Docker Hub's.
+    #[test]
+    fn registry_domain_follows_docker_normalisation() {
+        let domain = |image| registry_domain(image);
+        assert_eq!(
+            domain("index.docker.io/library/busybox").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(domain("UPPER/case").as_deref(), Some("UPPER"));
+        assert_eq!(domain("[::1]:5000/x").as_deref(), Some("[::1]:5000"));
+        assert_eq!(domain("localhost").as_deref(), Some("docker.io"));
     }
 }

@@ -27,6 +27,7 @@ use rkube_bench::stats::{run_concurrent, Summary};
 use rkube_bench::{create_namespace, machine_summary};
 use rkube_testkit::etcd::EtcdProcess;
 
+/// API server throughput, latency, watch fan-out and RSS, against raw store writes.
 #[derive(Parser, Debug)]
 struct Flags {
     /// Pods created in the throughput phase (also the number stored for list/RSS).

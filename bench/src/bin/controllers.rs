@@ -24,6 +24,7 @@ use rkube_bench::{kube_client, machine_summary};
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
 
+/// A Deployment's apply and rolling update through the real control plane, against raw pod creates.
 #[derive(Parser, Debug)]
 struct Flags {
     #[arg(long, default_value_t = 100)]

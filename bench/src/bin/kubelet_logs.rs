@@ -31,6 +31,7 @@ use rkube_bench::{kube_client, machine_summary};
 
 const NODE: &str = "bench-logs";
 
+/// The kubelet serving a large container log: throughput and RSS, against `cat | cat`.
 #[derive(Parser, Debug)]
 struct Flags {
     /// Size of the log file in MiB.

@@ -26,6 +26,7 @@ use rkube_bench::kube_client;
 use rkube_simnode::{NodeTemplate, SimCluster, SimConfig};
 use serde_json::json;
 
+/// Pods bound per second on simulated nodes, against raw pod creates.
 #[derive(Parser, Debug)]
 struct Flags {
     #[arg(long, default_value_t = 1_000)]

@@ -39,6 +39,7 @@ use raw::RawResults;
 const IMAGE: &str = "busybox:rkube-bench";
 const NODE: &str = "bench-node";
 
+/// Pod start latency on containerd against raw container starts, kubelet RSS and idle CPU, simulated nodes.
 #[derive(Parser, Debug)]
 pub struct Flags {
     /// Containers per raw batch and pods per pod batch.

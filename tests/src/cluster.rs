@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use rkube_testkit::containerd::ContainerdProcess;
+use rkube_testkit::{try_poll, TimedOut, POLL_INTERVAL};
 use serde_json::Value;
 
-use crate::{free_port, kubeconfig_for, kubectl_binary, Kubectl};
+use crate::{free_port, kubeconfig_for, kubectl_binary, Kubectl, QUICK_POLL};
 
 /// The busybox test image, imported by the kubelet at startup.
 pub const IMAGE: &str = "busybox:e2e";
@@ -28,6 +29,8 @@ pub const NODE_NAME: &str = "e2e-node";
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the cluster's state is polled: probes may run kubectl, so not too often.
+pub const CLUSTER_POLL: Duration = Duration::from_millis(250);
 /// Lines of each component's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -78,16 +81,14 @@ impl Component {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
+        let child = &mut self.child;
+        let exited = || std::future::ready(Ok(child.try_wait().transpose()));
+        match try_poll(QUICK_POLL, STOP_TIMEOUT, exited, || TimedOut).await {
+            Ok(exited) => Ok(exited?),
+            Err(TimedOut) => {
                 let _ = self.child.kill();
-                return Ok(self.child.wait()?);
+                Ok(self.child.wait()?)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -323,22 +324,20 @@ impl NodeCluster {
         Ok(())
     }
 
-    /// Polls `probe` every 250 ms until it returns `Some`, panicking after `timeout`
-    /// with what was awaited and the components' logs.
+    /// Polls `probe` every [`CLUSTER_POLL`] until it returns `Some`, panicking after
+    /// `timeout` with what was awaited.
     pub async fn wait<'a, T, F, Fut>(&'a self, what: &str, timeout: Duration, mut probe: F) -> T
     where
         F: FnMut(&'a NodeCluster) -> Fut,
         Fut: Future<Output = Option<T>> + 'a,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = probe(self).await {
-                return value;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let probe = || {
+            let found = probe(self);
+            async move { Ok(found.await) }
+        };
+        match try_poll(CLUSTER_POLL, timeout, probe, || TimedOut).await {
+            Ok(value) => value,
+            Err(TimedOut) => panic!("timed out after {timeout:?} waiting for {what}"),
         }
     }
 
@@ -386,22 +385,16 @@ impl NodeCluster {
     /// Waits until `check` accepts the pod (which must exist) and returns it.
     pub async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let check = &check;
-        let mut last = Value::Null;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(pod) = self.pod(name).await {
-                if check(&pod) {
-                    return pod;
-                }
-                last = pod;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pod {name} never got {what}; last status: {:#}",
-                    last["status"]
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let accepted = || async {
+            let pod = self.pod(name).await;
+            Ok(pod.filter(|pod| check(pod)))
+        };
+        match try_poll(CLUSTER_POLL, START_TIMEOUT, accepted, || TimedOut).await {
+            Ok(pod) => pod,
+            Err(TimedOut) => panic!(
+                "pod {name} never got {what}; last status: {:#}",
+                self.pod(name).await.unwrap_or(Value::Null)["status"]
+            ),
         }
     }
 
@@ -480,24 +473,24 @@ impl NodeCluster {
         }
         let logs = self.path("logs");
         self.kubelet = Some(Component::spawn("rkubelet", &self.kubelet_args, &logs)?);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(kubelet) = self.kubelet.as_mut() {
-                kubelet.check_running()?;
+        let healthz = format!("{}/healthz", self.kubelet_url());
+        let (http, kubelet) = (&self.http, &mut self.kubelet);
+        let serving = || {
+            // Looked at before the request, so the future borrows nothing of the kubelet.
+            let running = kubelet.as_mut().map_or(Ok(()), Component::check_running);
+            let healthz = &healthz;
+            async move {
+                running?;
+                let response = http.get(healthz).send().await;
+                Ok(response
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(()))
             }
-            let healthz = self
-                .http
-                .get(format!("{}/healthz", self.kubelet_url()))
-                .send()
-                .await;
-            if healthz.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the restarted kubelet did not serve /healthz");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        try_poll(POLL_INTERVAL, START_TIMEOUT, serving, || {
+            anyhow!("the restarted kubelet did not serve /healthz")
+        })
+        .await
     }
 
     /// Runs `ctr` against this node's containerd and namespace; returns stdout.

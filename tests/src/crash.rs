@@ -14,19 +14,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use rkube_testkit::try_poll;
 use serde_json::{json, Value};
 
 use crate::cluster::component_binary;
-use crate::free_port;
+use crate::{free_port, QUICK_POLL};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Guards against a hung request only; no assertion depends on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const NAMESPACE: &str = "default";
+/// How often a list is retried while storage comes back.
+const QUICK_POLL_LIST: Duration = Duration::from_millis(50);
 
 /// `rkube-apiserver` as a child process on a free loopback port, killed on drop.
 pub struct ApiServerProcess {
@@ -66,35 +69,37 @@ impl ApiServerProcess {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "rkube-apiserver exited with {status}; log:\n{}",
-                    self.log_tail()
-                );
+        let readyz = format!("{}/readyz", self.url);
+        let log = self.log.clone();
+        let child = &mut self.child;
+        let ready = || {
+            // Looked at before the request, so the future borrows nothing of the child.
+            let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let (client, readyz, log) = (&client, &readyz, &log);
+            async move {
+                if let Some(status) = exited {
+                    bail!(
+                        "rkube-apiserver exited with {status}; log:\n{}",
+                        tail_of(log)
+                    );
+                }
+                let response = client
+                    .get(readyz)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                Ok(response
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(()))
             }
-            let ready = client
-                .get(format!("{}/readyz", self.url))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "rkube-apiserver not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        try_poll(QUICK_POLL, START_TIMEOUT, ready, || {
+            anyhow!(
+                "rkube-apiserver not ready after {START_TIMEOUT:?}; log:\n{}",
+                tail_of(&log)
+            )
+        })
+        .await
     }
 
     /// SIGKILL, like a crash or the OOM killer, and wait for the process to be gone.
@@ -107,9 +112,7 @@ impl ApiServerProcess {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail_of(&self.log)
     }
 }
 
@@ -186,47 +189,60 @@ pub struct Tally {
     pub acked_versions: Vec<(String, i64)>,
 }
 
+/// The last 40 lines of a log file.
+fn tail_of(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// `name -> (resourceVersion, data.v)` of every ConfigMap in the test namespace, read with a
 /// consistent list (retried while storage is coming back).
 pub async fn list_state(
     client: &reqwest::Client,
     url: &str,
 ) -> anyhow::Result<(BTreeMap<String, (i64, String)>, i64)> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
+    let last_failure = Mutex::new(String::new());
+    let listed = || async {
         let resp = client
             .get(format!("{url}/api/v1/namespaces/{NAMESPACE}/configmaps"))
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await;
-        match resp {
-            Ok(resp) if resp.status().is_success() => {
-                let list: Value = resp.json().await?;
-                let mut state = BTreeMap::new();
-                for item in list["items"].as_array().context("list without items")? {
-                    state.insert(
-                        item["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        (
-                            rv_of(item)?,
-                            item["data"]["v"].as_str().unwrap_or_default().to_string(),
-                        ),
-                    );
-                }
-                let rv = list["metadata"]["resourceVersion"]
+        let resp = match resp {
+            Ok(resp) if resp.status().is_success() => resp,
+            other => {
+                *last_failure.lock().unwrap() = format!("{other:?}");
+                return Ok(None);
+            }
+        };
+        let list: Value = resp.json().await?;
+        let mut state = BTreeMap::new();
+        for item in list["items"].as_array().context("list without items")? {
+            state.insert(
+                item["metadata"]["name"]
                     .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .context("list without resourceVersion")?;
-                return Ok((state, rv));
-            }
-            other if Instant::now() > deadline => {
-                bail!("listing ConfigMaps kept failing: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    rv_of(item)?,
+                    item["data"]["v"].as_str().unwrap_or_default().to_string(),
+                ),
+            );
         }
-    }
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .context("list without resourceVersion")?;
+        Ok(Some((state, rv)))
+    };
+    try_poll(QUICK_POLL_LIST, START_TIMEOUT, listed, || {
+        anyhow!(
+            "listing ConfigMaps kept failing: {}",
+            last_failure.lock().unwrap()
+        )
+    })
+    .await
 }
 
 fn rv_of(obj: &Value) -> anyhow::Result<i64> {

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use rkube_apiserver::{Config, StorageConfig};
 use tokio::sync::oneshot;
 
@@ -20,11 +20,15 @@ pub mod crash;
 
 pub use rkube_testkit::etcd::EtcdProcess;
 pub use rkube_testkit::free_port;
+use rkube_testkit::{try_poll, POLL_INTERVAL};
 
 /// How long to wait for the server to answer /readyz (it waits for storage and the
 /// watch cache), and for a graceful shutdown to finish.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a process starting or stopping is looked at: starts and stops happen many
+/// times a test, so waiting less adds up.
+pub const QUICK_POLL: Duration = Duration::from_millis(20);
 
 /// Turns on server logs when `RUST_LOG` is set; quiet otherwise. Safe to call many times.
 pub fn init_logging() {
@@ -176,13 +180,11 @@ impl ServerThread {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        while !self.is_finished() {
-            if Instant::now() > deadline {
-                bail!("API server did not shut down within {SHUTDOWN_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let finished = || std::future::ready(Ok(self.is_finished().then_some(())));
+        try_poll(QUICK_POLL, SHUTDOWN_TIMEOUT, finished, || {
+            anyhow!("API server did not shut down within {SHUTDOWN_TIMEOUT:?}")
+        })
+        .await?;
         self.join()
     }
 
@@ -203,6 +205,7 @@ impl Drop for ServerThread {
         }
         // Waiting here keeps a test's data directory alive until the server is done with
         // it; a server that hangs on shutdown is left behind rather than hanging the test.
+        // Drop cannot await, so this one wait does not go through rkube_testkit.
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         while !self.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -216,16 +219,20 @@ impl Drop for ServerThread {
 /// The port was just released by the previous server (restart) or picked as free; a
 /// lingering socket can hold it for a moment.
 async fn bind_with_retry(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let bound = || async {
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::AddrInUse => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
+            Ok(listener) => Ok(Some(listener)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(e),
         }
-    }
+    };
+    try_poll(POLL_INTERVAL, Duration::from_secs(10), bound, || {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{addr} still in use after 10 s"),
+        )
+    })
+    .await
 }
 
 /// An API server on 127.0.0.1 with its own data directory, kubeconfig and kubectl cache.
@@ -361,25 +368,23 @@ impl TestCluster {
 
     /// Polls /readyz until it answers 200.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let url = format!("{}/readyz", self.url());
-        loop {
+        let ready = || async {
             if self.server.is_finished() {
                 bail!("API server stopped while starting");
             }
-            if let Ok(response) = self.http.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "API server at {} not ready after {READY_TIMEOUT:?}",
-                    self.url()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let response = self.http.get(&url).send().await;
+            Ok(response
+                .is_ok_and(|r| r.status().is_success())
+                .then_some(()))
+        };
+        try_poll(QUICK_POLL, READY_TIMEOUT, ready, || {
+            anyhow!(
+                "API server at {} not ready after {READY_TIMEOUT:?}",
+                self.url()
+            )
+        })
+        .await
     }
 
     /// Graceful shutdown (the shutdown future completes, `run` returns), then a new server
@@ -452,21 +457,26 @@ impl ServerProcess {
             _dir: dir,
         };
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = process.child.try_wait()? {
-                bail!("rkube-apiserver exited during startup: {status}");
-            }
-            if let Ok(r) = http.get(format!("{}/readyz", process.url)).send().await {
-                if r.status().is_success() {
-                    return Ok(process);
+        let readyz = format!("{}/readyz", process.url);
+        let ready = || {
+            // Looked at before the request, so the future borrows nothing of `process`.
+            let exited = process.child.try_wait();
+            let (http, readyz) = (&http, &readyz);
+            async move {
+                if let Some(status) = exited? {
+                    bail!("rkube-apiserver exited during startup: {status}");
                 }
+                let response = http.get(readyz).send().await;
+                Ok(response
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(()))
             }
-            if Instant::now() > deadline {
-                bail!("rkube-apiserver not ready after {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        try_poll(QUICK_POLL, READY_TIMEOUT, ready, || {
+            anyhow!("rkube-apiserver not ready after {READY_TIMEOUT:?}")
+        })
+        .await?;
+        Ok(process)
     }
 
     pub fn url(&self) -> &str {

@@ -11,6 +11,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use rkube_e2e::cluster::{condition_true, http_get, NodeCluster, IMAGE, IMAGE_V2};
+use rkube_testkit::{
+    poll_for, poll_until, try_poll, wait_for, wait_for_value, TimedOut, POLL_INTERVAL,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -199,18 +202,22 @@ async fn deployment_serves_logs_exec_replaces_scales_rolls_out_and_deletes() {
     assert_eq!(first.as_deref(), Some(format!("serving {pod}").as_str()));
     // Still streaming: a request logged by httpd -v arrives on the open stream.
     let ip = pods[0]["status"]["podIP"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let lines = tokio::sync::Mutex::new(lines);
+    let request_logged = || async {
         http_get(&format!("{ip}:8080"), "/followed").await.unwrap();
+        let mut lines = lines.lock().await;
         match tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.contains("url:/followed") => break,
-            Ok(Ok(Some(_))) | Err(_) => {}
-            Ok(other) => panic!("kubectl logs -f ended: {other:?}"),
+            Ok(Ok(Some(line))) if line.contains("url:/followed") => Ok(Some(())),
+            Ok(Ok(Some(_))) | Err(_) => Ok(None),
+            Ok(other) => Err(format!("kubectl logs -f ended: {other:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the followed log never showed the request"
-        );
+    };
+    let followed = try_poll(POLL_INTERVAL, WAIT, request_logged, || {
+        "the followed log never showed the request".to_string()
+    })
+    .await;
+    if let Err(failure) = followed {
+        panic!("{failure}");
     }
     assert!(
         follow.try_wait().unwrap().is_none(),
@@ -306,23 +313,28 @@ async fn deployment_serves_logs_exec_replaces_scales_rolls_out_and_deletes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawning kubectl rollout status");
-    let mut observations = 0;
-    let status = loop {
-        let pods = cluster.pods("app=web").await;
-        let ready = pods.iter().filter(|p| ready_running(p)).count();
-        assert!(
-            ready >= 2,
-            "only {ready} ready pods during the rolling update: {:#?}",
-            pods.iter()
-                .map(|p| (name(p), p["status"]["conditions"].clone()))
-                .collect::<Vec<_>>()
-        );
-        observations += 1;
-        if let Some(status) = rollout.try_wait().unwrap() {
-            break status;
+    // Every look during the rollout must find at least two ready pods.
+    let observations = std::cell::Cell::new(0);
+    let rollout_done = || {
+        // Looked at before the pods, so the future borrows nothing of the child.
+        let exited = rollout.try_wait().unwrap();
+        let (cluster, observations) = (&cluster, &observations);
+        async move {
+            let pods = cluster.pods("app=web").await;
+            let ready = pods.iter().filter(|p| ready_running(p)).count();
+            assert!(
+                ready >= 2,
+                "only {ready} ready pods during the rolling update: {:#?}",
+                pods.iter()
+                    .map(|p| (name(p), p["status"]["conditions"].clone()))
+                    .collect::<Vec<_>>()
+            );
+            observations.set(observations.get() + 1);
+            exited
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let status = wait_for_value("kubectl rollout status to exit", WAIT, rollout_done).await;
+    let observations = observations.get();
     let output = rollout.wait_with_output().await.unwrap();
     assert!(
         status.success(),
@@ -391,24 +403,22 @@ async fn deployment_serves_logs_exec_replaces_scales_rolls_out_and_deletes() {
             },
         )
         .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let containers = cluster.runtime_containers().unwrap();
-        if containers.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let details: Vec<String> = containers
-                .iter()
-                .map(|id| cluster.ctr(&["containers", "info", id]).unwrap_or_default())
-                .collect();
-            panic!(
-                "containers left after deleting the Deployment: {}\ntasks: {:?}",
-                details.join("\n"),
-                cluster.runtime_tasks()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let all_removed = poll_until(WAIT, || async {
+        cluster.runtime_containers().unwrap().is_empty()
+    })
+    .await;
+    if all_removed.is_err() {
+        let details: Vec<String> = cluster
+            .runtime_containers()
+            .unwrap()
+            .iter()
+            .map(|id| cluster.ctr(&["containers", "info", id]).unwrap_or_default())
+            .collect();
+        panic!(
+            "containers left after deleting the Deployment: {}\ntasks: {:?}",
+            details.join("\n"),
+            cluster.runtime_tasks()
+        );
     }
     cluster.check_components().unwrap();
 }
@@ -505,34 +515,36 @@ spec:
         .await;
 
     // 3. Crash loop: restarts with growing back-off, CrashLoopBackOff in `get pods`.
-    let mut delays = BTreeSet::new();
-    let mut kubectl_shows_crash_loop = false;
-    let deadline = Instant::now() + WAIT;
-    let crasher = loop {
+    // Each look notes the back-off delay shown and whether `get pods` shows the loop.
+    let delays = std::cell::RefCell::new(BTreeSet::new());
+    let kubectl_shows_crash_loop = std::cell::Cell::new(false);
+    let crash_looping = || async {
         let pod = cluster.pod("crasher").await.expect("crasher exists");
         let status = &pod["status"]["containerStatuses"][0];
         if status["state"]["waiting"]["reason"] == "CrashLoopBackOff" {
-            delays.extend(
+            delays.borrow_mut().extend(
                 status["state"]["waiting"]["message"]
                     .as_str()
                     .and_then(backoff_seconds),
             );
-            if !kubectl_shows_crash_loop {
+            if !kubectl_shows_crash_loop.get() {
                 let table = cluster.kubectl_ok(&["get", "pods", "crasher"]).await;
-                kubectl_shows_crash_loop = table.contains("CrashLoopBackOff");
+                kubectl_shows_crash_loop.set(table.contains("CrashLoopBackOff"));
             }
         }
-        if delays.len() >= 2 && kubectl_shows_crash_loop && restart_count(&pod) >= 2 {
-            break pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no crash loop with growing back-off: delays {delays:?}, kubectl showed it: \
-             {kubectl_shows_crash_loop}, status {:#}",
-            pod["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let looped = delays.borrow().len() >= 2
+            && kubectl_shows_crash_loop.get()
+            && restart_count(&pod) >= 2;
+        looped.then_some(pod)
     };
+    let crasher = poll_for(WAIT, crash_looping).await;
+    let delays = delays.into_inner();
+    let crasher = crasher.unwrap_or_else(|_| {
+        panic!(
+            "no crash loop with growing back-off: delays {delays:?}, kubectl showed it: {}",
+            kubectl_shows_crash_loop.get()
+        )
+    });
     let last = &crasher["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 2, "{last:#}");
     assert_eq!(last["reason"], "Error", "{last:#}");
@@ -638,7 +650,7 @@ spec:
   - name: httpd
     image: {IMAGE}
     imagePullPolicy: Never
-    command: [httpd, -f, -p, "8080", -h, /www]
+    command: [httpd, -f, -vv, -p, "8080", -h, /www]
     volumeMounts:
     - {{name: site, mountPath: /www}}
     readinessProbe:
@@ -707,6 +719,7 @@ spec:
         .await
         .expect("restarting the kubelet");
     assert_ne!(cluster.kubelet_pid(), old_pid);
+    let probes_at_restart = probes_logged(&cluster).await;
 
     // A pod created after the restart runs, so the new kubelet has synced its pods.
     cluster
@@ -730,8 +743,14 @@ spec:
             p["status"]["phase"] == "Running"
         })
         .await;
-    // A probe period's worth of resyncs after that, the old pod is still as it was.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new kubelet has taken the old pod over once it probes it; three of its readiness
+    // probes later (httpd -vv logs each request), the pod must still be as it was.
+    wait_for(
+        "three readiness probes from the new kubelet",
+        WAIT,
+        || async { probes_logged(&cluster).await >= probes_at_restart + 3 },
+    )
+    .await;
     let pod = cluster
         .wait_pod("web", "Running and Ready", ready_running)
         .await;
@@ -926,20 +945,30 @@ spec:
     cluster.check_components().unwrap();
 }
 
+/// The readiness probes (GET /index.html) the `web` pod's httpd has logged.
+async fn probes_logged(cluster: &NodeCluster) -> usize {
+    cluster
+        .kubectl_ok(&["logs", "web", "-c", "httpd"])
+        .await
+        .lines()
+        .filter(|line| line.contains("url:/index.html"))
+        .count()
+}
+
 /// Polls `kubectl describe pod` until its output mentions `needle` (events arrive
 /// asynchronously) and returns it.
 async fn wait_describe(cluster: &NodeCluster, pod: &str, needle: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let mentioned = poll_for(WAIT, || async {
         let describe = cluster.kubectl_ok(&["describe", "pod", pod]).await;
-        if describe.contains(needle) {
-            return describe;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kubectl describe pod {pod} never mentioned {needle:?}:\n{describe}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        describe.contains(needle).then_some(describe)
+    })
+    .await;
+    match mentioned {
+        Ok(describe) => describe,
+        Err(TimedOut) => panic!(
+            "kubectl describe pod {pod} never mentioned {needle:?}:\n{}",
+            cluster.kubectl_ok(&["describe", "pod", pod]).await
+        ),
     }
 }
 
@@ -1071,9 +1100,11 @@ spec:
         let mut stdin = attach.stdin.take().unwrap();
         let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
         // Sent until it is echoed: kubectl attaches some time after it starts reading.
-        let deadline = Instant::now() + WAIT;
-        'echoed: loop {
+        let io = tokio::sync::Mutex::new((&mut stdin, &mut lines));
+        let echoed = || async {
             use tokio::io::AsyncWriteExt;
+            let mut io = io.lock().await;
+            let (stdin, lines) = &mut *io;
             stdin
                 .write_all(format!("{word}\n").as_bytes())
                 .await
@@ -1082,13 +1113,14 @@ spec:
                 tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await
             {
                 match line.unwrap() {
-                    Some(line) if line == format!("echo {word}") => break 'echoed,
+                    Some(line) if line == format!("echo {word}") => return true,
                     Some(_) => {}
                     None => panic!("kubectl attach ended before echoing {word}"),
                 }
             }
-            assert!(Instant::now() < deadline, "{word} was never echoed");
-        }
+            false
+        };
+        wait_for(&format!("{word} to be echoed"), WAIT, echoed).await;
         drop(stdin);
         attach.kill().await.unwrap();
     }

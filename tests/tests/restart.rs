@@ -87,18 +87,24 @@ async fn embedded_store_keeps_objects_and_resource_versions_across_restart() {
 /// Creates with retries while the API server reconnects to a restarted etcd. A retry whose
 /// first attempt did land gets AlreadyExists, which counts as created.
 async fn create_eventually(api: &Api<ConfigMap>, name: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let last_error = std::sync::Mutex::new(String::new());
+    let created = rkube_testkit::poll_until(WAIT, || async {
         match api.create(&PostParams::default(), &config_map(name)).await {
-            Ok(_) => return,
-            Err(kube::Error::Api(status)) if status.code == 409 => return,
-            Err(e) if Instant::now() < deadline => {
+            Ok(_) => true,
+            Err(kube::Error::Api(status)) if status.code == 409 => true,
+            Err(e) => {
                 eprintln!("creating {name} failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                *last_error.lock().unwrap() = e.to_string();
+                false
             }
-            Err(e) => panic!("creating {name} kept failing: {e}"),
         }
-    }
+    })
+    .await;
+    assert!(
+        created.is_ok(),
+        "creating {name} kept failing: {}",
+        last_error.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

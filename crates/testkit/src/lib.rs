@@ -7,7 +7,7 @@ pub mod etcd;
 pub mod images;
 pub mod wait;
 
-pub use wait::{poll_for, poll_until, try_poll, wait_for, wait_for_value, TimedOut};
+pub use wait::{poll_for, poll_until, try_poll, wait_for, wait_for_value, TimedOut, POLL_INTERVAL};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -119,14 +119,12 @@ async fn wait_exit(events: &mut broadcast::Receiver<RuntimeEvent>, id: &str) -> 
 
 /// The shim copies output asynchronously; wait (bounded) until the file holds something.
 async fn read_when_written(path: &Path) -> String {
-    for _ in 0..100 {
+    let written = rkube_testkit::poll_for(Duration::from_secs(5), || async {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if !text.is_empty() {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    String::new()
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    written.unwrap_or_default()
 }
 
 #[tokio::test]
@@ -576,20 +574,19 @@ async fn start_registry() -> Registry {
         _dir: dir,
     };
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client
-            .get(format!("http://127.0.0.1:{port}/v2/"))
-            .send()
-            .await
-        {
-            if response.status().is_success() {
-                return registry;
-            }
-        }
-        assert!(Instant::now() < deadline, "registry did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rkube_testkit::wait_for(
+        "the registry to come up",
+        Duration::from_secs(30),
+        || async {
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/v2/"))
+                .send()
+                .await;
+            response.is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    registry
 }
 
 async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, digest: &str, data: &[u8]) {
@@ -731,15 +728,12 @@ async fn attach_feeds_main_process_stdin_and_stdin_once_closes_it() {
     node.runtime.start(&open).await.unwrap();
     attach_input(&node.runtime, &open, "one\n").await;
     attach_input(&node.runtime, &open, "two\n").await;
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(&open_logs.stdout).unwrap_or_default();
-        if text.contains("got two") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(text, "got one\ngot two\n");
+    let read_open_logs = || std::fs::read_to_string(&open_logs.stdout).unwrap_or_default();
+    let _ = rkube_testkit::poll_until(Duration::from_secs(5), || async {
+        read_open_logs().contains("got two")
+    })
+    .await;
+    assert_eq!(read_open_logs(), "got one\ngot two\n");
     assert!(matches!(
         node.runtime.status(&open).await.unwrap().state,
         ContainerState::Running { .. }

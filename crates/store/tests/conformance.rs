@@ -859,17 +859,21 @@ async fn etcd_restart_under_live_store() {
     }
 
     etcd.restart().await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let second = loop {
+    let updated = || async {
         match store.update("/e/a", b("2"), first.mod_revision).await {
-            Ok(kv) => break kv,
-            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+            Ok(kv) => Ok(Some(kv)),
+            Err(StoreError::Unavailable(e)) => {
                 tracing::debug!(%e, "etcd not back yet");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(None)
             }
-            Err(e) => panic!("store did not recover after etcd restart: {e:?}"),
+            Err(e) => Err(e),
         }
     };
+    let second = rkube_testkit::try_poll(rkube_testkit::POLL_INTERVAL, PATIENCE, updated, || {
+        StoreError::Unavailable("still unavailable after the patience ran out".into())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("store did not recover after etcd restart: {e:?}"));
     let third = store.create("/e/b", b("3")).await.unwrap();
     assert_eq!(store.get("/e/a").await.unwrap().unwrap(), second);
 

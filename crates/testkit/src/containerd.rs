@@ -7,9 +7,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+
+use crate::wait::{try_poll, STARTUP_POLL};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,31 +97,31 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             child: Some(child),
             dir,
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = process.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    process.child = None;
+        let (log, socket) = (process.log_path(), process.socket_path());
+        let child = &mut process.child;
+        let listening_or_exited = || {
+            // Looked at before connecting, so the future borrows nothing of the child.
+            let exited = child.as_mut().map_or(Ok(None), Child::try_wait);
+            let (log, socket) = (&log, &socket);
+            async move {
+                if let Some(status) = exited? {
                     bail!(
                         "containerd exited during startup with {status}; log: {}",
-                        read_log_tail(&process.log_path())
+                        read_log_tail(log)
                     );
                 }
+                let connected = tokio::net::UnixStream::connect(socket).await;
+                Ok(connected.is_ok().then_some(()))
             }
-            if tokio::net::UnixStream::connect(process.socket_path())
-                .await
-                .is_ok()
-            {
-                return Ok(process);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "containerd socket not ready after {START_TIMEOUT:?}; log: {}",
-                    read_log_tail(&process.log_path())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        try_poll(STARTUP_POLL, START_TIMEOUT, listening_or_exited, || {
+            anyhow!(
+                "containerd socket not ready after {START_TIMEOUT:?}; log: {}",
+                read_log_tail(&log)
+            )
+        })
+        .await?;
+        Ok(process)
     }
 
     /// The gRPC socket.

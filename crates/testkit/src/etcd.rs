@@ -4,12 +4,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::free_port;
+use crate::wait::{try_poll, STARTUP_POLL};
 
 const ETCD_BINARY: &str = "/usr/bin/etcd";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,29 +120,34 @@ impl EtcdProcess {
             .spawn()
             .with_context(|| format!("starting {ETCD_BINARY}"))?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
+        let (log, port) = (self.log_path(), self.client_port);
+        let child = &mut self.child;
+        let healthy_or_exited = || {
+            // Looked at before the probe, so the future borrows nothing of the child.
+            let exited = child.as_mut().map_or(Ok(None), Child::try_wait);
+            let log = &log;
+            async move {
+                if let Some(status) = exited? {
                     bail!(
                         "etcd exited during startup with {status}; log: {}",
-                        read_log_tail(&self.log_path())
+                        read_log_tail(log)
                     );
                 }
+                Ok(healthy(port).await.then_some(()))
             }
-            if healthy(self.client_port).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.stop()?;
-                bail!(
-                    "etcd not healthy after {START_TIMEOUT:?}; log: {}",
-                    read_log_tail(&self.log_path())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let started = try_poll(STARTUP_POLL, START_TIMEOUT, healthy_or_exited, || {
+            anyhow!(
+                "etcd not healthy after {START_TIMEOUT:?}; log: {}",
+                read_log_tail(&log)
+            )
+        })
+        .await;
+        if started.is_err() {
+            // Killing one that already exited only reaps it.
+            let _ = self.stop();
         }
+        started
     }
 }
 

@@ -9,6 +9,10 @@ use std::time::Duration;
 /// How often a condition is checked again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often a process that is starting is looked at: tests start many, so waiting less
+/// adds up.
+pub(crate) const STARTUP_POLL: Duration = Duration::from_millis(20);
+
 /// The condition did not hold within the timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut;

@@ -242,22 +242,16 @@ impl Env {
     /// Waits for an Event about the pod with this reason (and message, if given); returns it.
     pub async fn wait_event(&self, pod: &str, reason: &str, message: Option<&str>) -> Event {
         let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let what = format!("a {reason} event for {pod}");
+        rkube_testkit::wait_for_value(&what, WAIT, || async {
             let list = events.list(&ListParams::default()).await.unwrap();
-            if let Some(e) = list.items.into_iter().find(|e| {
+            list.items.into_iter().find(|e| {
                 e.involved_object.name.as_deref() == Some(pod)
                     && e.reason.as_deref() == Some(reason)
                     && message.is_none_or(|m| e.message.as_deref() == Some(m))
-            }) {
-                return e;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {reason} event for {pod}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            })
+        })
+        .await
     }
 
     /// Every Event about the pod with this reason.

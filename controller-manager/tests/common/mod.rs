@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 // Not every test binary uses it.
 #[allow(unused_imports)]
 pub use rkube_testkit::wait_for;
+use rkube_testkit::wait_for_value;
 
 /// How long a test waits for the cluster to get somewhere.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -381,17 +382,17 @@ async fn wait_until_serving(
 
 /// The old listener's port may linger briefly after a stop, so binding is retried.
 async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let bound = || async {
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
-            Err(e) if tokio::time::Instant::now() < deadline => {
+            Ok(listener) => Some(listener),
+            Err(e) => {
                 tracing::debug!("rebinding {addr}: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
             }
-            Err(e) => panic!("rebinding {addr}: {e}"),
         }
-    }
+    };
+    let what = format!("{addr} to be free again");
+    wait_for_value(&what, Duration::from_secs(10), bound).await
 }
 
 fn kubeconfig(url: &str) -> String {

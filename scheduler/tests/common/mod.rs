@@ -26,19 +26,13 @@ pub struct ApiServer {
 impl ApiServer {
     pub async fn start(data_dir: &std::path::Path, addr: Option<SocketAddr>) -> ApiServer {
         let listener = match addr {
+            // The previous server's port may linger for a moment after it stopped.
             Some(a) => {
-                let mut tries = 0;
-                loop {
-                    match TcpListener::bind(a).await {
-                        Ok(l) => break l,
-                        Err(e) if tries < 50 => {
-                            tries += 1;
-                            let _ = e;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(e) => panic!("rebinding {a}: {e}"),
-                    }
-                }
+                let what = format!("{a} to be free again");
+                rkube_testkit::wait_for_value(&what, Duration::from_secs(5), || async {
+                    TcpListener::bind(a).await.ok()
+                })
+                .await
             }
             None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };

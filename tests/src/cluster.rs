@@ -589,7 +589,7 @@ impl NodeCluster {
     }
 
     fn cleanup_network(&self) {
-        unmount_under(self.dir.path());
+        rkube_testkit::containerd::unmount_under(self.dir.path());
         let _ = Command::new("ip")
             .args(["link", "delete", &self.network.bridge])
             .stderr(Stdio::null())
@@ -667,28 +667,6 @@ pub fn condition_true(object: &Value, condition: &str) -> bool {
         c.iter()
             .any(|c| c["type"] == condition && c["status"] == "True")
     })
-}
-
-/// Lazily unmounts every mount point under `dir`, deepest first (pod network namespaces
-/// and their shared parent).
-fn unmount_under(dir: &Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = format!("{}/", dir.display());
-    let mut targets: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|target| target.starts_with(&prefix))
-        .collect();
-    targets.sort_by_key(|target| std::cmp::Reverse(target.len()));
-    targets.dedup();
-    for target in targets {
-        let _ = Command::new("umount")
-            .args(["-l", target])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// One HTTP/1.0 GET over a plain TCP connection (no proxies, no client library between

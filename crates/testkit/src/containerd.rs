@@ -213,22 +213,25 @@ fn kill_pid(pid: u32) {
         .status();
 }
 
-fn unmount_under(dir: &Path) {
+/// Lazily unmounts every mount point under `dir` (not `dir` itself), deepest first so
+/// nested mounts go before their parents: pod network namespaces, rootfs and volume
+/// mounts a test's containerd or kubelet left behind.
+pub fn unmount_under(dir: &Path) {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
-    let prefix = dir.display().to_string();
+    // The separator keeps `/tmp/abc` from matching a sibling such as `/tmp/abcdef`.
+    let prefix = format!("{}/", dir.display());
     let mut targets: Vec<&str> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .filter(|target| target.starts_with(&prefix))
         .collect();
-    // Deepest first, so nested mounts go before their parents.
     targets.sort_by_key(|target| std::cmp::Reverse(target.len()));
+    targets.dedup();
     for target in targets {
         let _ = Command::new("umount")
-            .arg("-l")
-            .arg(target)
+            .args(["-l", target])
             .stderr(Stdio::null())
             .status();
     }

@@ -363,9 +363,11 @@ pub(crate) mod testing {
 
     /// Polls `check` until it holds; fails after 30 s.
     pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        rkube_testkit::wait_for(what, Duration::from_secs(30), || {
-            std::future::ready(check())
-        })
+        rkube_testkit::wait_for(
+            what,
+            Duration::from_secs(30),
+            || std::future::ready(check()),
+        )
         .await;
     }
 }

@@ -143,9 +143,12 @@ async fn start() -> Harness {
     for instance in ["0", "1"] {
         std::fs::create_dir_all(dir.path().join(instance)).unwrap();
     }
-    let runtime = Arc::new(ScriptedRuntime::with_exec(CONTAINER_ID, |config, io| {
-        Box::pin(scripted_exec(config, io))
-    }));
+    let runtime = Arc::new(
+        ScriptedRuntime::with_exec(CONTAINER_ID, |config, io| {
+            Box::pin(scripted_exec(config, io))
+        })
+        .with_attach_echo(dir.path().join("1").join("stdout.log")),
+    );
     let kubelet = Arc::new(FakeKubelet {
         runtime: runtime.clone(),
         logs: dir.path().to_path_buf(),
@@ -612,4 +615,52 @@ async fn attach_streams_new_output_until_the_container_stops() {
     assert_eq!(text(&received, 1), "prompt> ");
     assert_eq!(text(&received, 2), "warning\n");
     assert_eq!(text(&received, 3), r#"{"metadata":{},"status":"Success"}"#);
+}
+
+/// `kubectl run -i`: the input is sent as soon as the session is up, and the main process
+/// answers it at once. Its answers are output that came after the attach, so they must
+/// all reach the client, before the `done` that follows the end of the input. Repeated:
+/// an answer written before the kubelet started following the log was lost only now and
+/// then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_stdin_answers_written_at_once_reach_the_client() {
+    const ROUNDS: usize = 20;
+    let harness = start().await;
+    let mut wrong = Vec::new();
+    for round in 0..ROUNDS {
+        let (mut socket, _) = connect(
+            &harness,
+            "/attach/default/web/app?stdin=true&stdout=true",
+            "v5.channel.k8s.io",
+        )
+        .await
+        .unwrap();
+        for frame in [&b"\x00one\n"[..], b"\x00two\n", &[255, 0]] {
+            socket
+                .send(Message::Binary(Bytes::copy_from_slice(frame)))
+                .await
+                .unwrap();
+        }
+        let mut stdout = String::new();
+        while !stdout.ends_with("done\n") {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("attach sent no `done`");
+            match message {
+                Some(Ok(Message::Binary(data))) if data.first() == Some(&1) => {
+                    stdout.push_str(&String::from_utf8_lossy(&data[1..]));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("attach ended before `done`: {other:?}"),
+            }
+        }
+        if stdout != "got one\ngot two\ndone\n" {
+            wrong.push((round, stdout));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {ROUNDS} sessions lost output: {wrong:?}",
+        wrong.len()
+    );
 }

@@ -766,3 +766,50 @@ async fn attach_feeds_main_process_stdin_and_stdin_once_closes_it() {
     assert!(node.runtime.attach(&none, receiver).await.is_err());
     node.runtime.remove(&none).await.unwrap();
 }
+
+/// `kubectl run -i` shape: input written and ended at once, on containers started just
+/// before. Every line must reach the process before its end-of-file; repeated on fresh
+/// containers because a lost-input race would show only now and then.
+#[tokio::test]
+async fn attach_stdin_once_delivers_all_input_before_end_of_file() {
+    const ROUNDS: usize = 20;
+    let node = node().await;
+    let mut events = node.runtime.events();
+    let script = "while read line; do echo \"got $line\"; done; echo eof";
+    let expected = "got one\ngot two\ngot three\neof\n";
+    let mut wrong = Vec::new();
+    for round in 0..ROUNDS {
+        let id = unique_id(&format!("stdin-race-{round}"));
+        let mut config = container(&node, &id, spec(&id, &["sh", "-c", script]));
+        config.stdin = true;
+        config.stdin_once = true;
+        let logs = config.logs.clone();
+        node.runtime.create(config).await.unwrap();
+        node.runtime.start(&id).await.unwrap();
+        let (sender, receiver) = mpsc::channel(4);
+        for line in ["one\n", "two\n", "three\n"] {
+            sender
+                .send(Bytes::from_static(line.as_bytes()))
+                .await
+                .unwrap();
+        }
+        drop(sender);
+        node.runtime.attach(&id, receiver).await.unwrap();
+        assert_eq!(wait_exit(&mut events, &id).await, 0);
+        let read_logs = || std::fs::read_to_string(&logs.stdout).unwrap_or_default();
+        let _ = rkube_testkit::poll_until(Duration::from_secs(5), || async {
+            read_logs().ends_with("eof\n")
+        })
+        .await;
+        let output = read_logs();
+        if output != expected {
+            wrong.push((round, output));
+        }
+        node.runtime.remove(&id).await.unwrap();
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {ROUNDS} rounds lost input: {wrong:?}",
+        wrong.len()
+    );
+}

@@ -465,17 +465,28 @@ pub(crate) async fn write_logs(
     follow(&mut [stdout, stderr], &followed, &mut emitter, false).await
 }
 
-/// Streams what is appended to `path` from now on, unfinished lines included, until the
-/// container stops (attach's view of the main process's output).
-pub(crate) async fn follow_from_end(
-    path: PathBuf,
-    followed: Followed,
-    out: mpsc::Sender<Bytes>,
-) -> std::io::Result<()> {
-    let mut cursor = StreamCursor::new(0, path);
-    cursor.position = stream_end(&cursor.stream).await?;
-    let mut emitter = Emitter::new(out, false, None);
-    follow(&mut [&mut cursor], &followed, &mut emitter, true).await
+/// A log stream's position at the moment it was marked; following it sends everything
+/// appended since, so output caused by what happens after the mark is never missed.
+pub(crate) struct MarkedEnd(StreamCursor);
+
+impl MarkedEnd {
+    pub(crate) async fn of(path: PathBuf) -> std::io::Result<MarkedEnd> {
+        let mut cursor = StreamCursor::new(0, path);
+        cursor.position = stream_end(&cursor.stream).await?;
+        Ok(MarkedEnd(cursor))
+    }
+
+    /// Streams what was appended after the mark, unfinished lines included, until the
+    /// container stops (attach's view of the main process's output).
+    pub(crate) async fn follow(
+        self,
+        followed: Followed,
+        out: mpsc::Sender<Bytes>,
+    ) -> std::io::Result<()> {
+        let MarkedEnd(mut cursor) = self;
+        let mut emitter = Emitter::new(out, false, None);
+        follow(&mut [&mut cursor], &followed, &mut emitter, true).await
+    }
 }
 
 /// Sends new output of `streams` until the container stops and they are drained, or the

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::logs::{follow_from_end, Followed};
+use super::logs::{Followed, MarkedEnd};
 use super::{query_flag, KubeletApi, RequestError, Status, StatusCause, StatusDetails};
 
 pub(crate) const STDIN: u8 = 0;
@@ -347,6 +347,11 @@ async fn attach_session(
     options: StreamOptions,
 ) {
     let (mut sink, source) = socket.split();
+    // Output is taken from the logs' ends as they are before any input is passed on: a
+    // process that answers its input at once (`kubectl run -i`) would otherwise have its
+    // answer in the log before a follower looked for the end, and the client never sees it.
+    let stdout_end = MarkedEnd::of(paths.stdout).await;
+    let stderr_end = MarkedEnd::of(paths.stderr).await;
     let stdin_sender = options.stdin.then(|| {
         let (sender, receiver) = mpsc::channel::<Bytes>(16);
         let (runtime, id) = (runtime.clone(), container_id.clone());
@@ -363,16 +368,16 @@ async fn attach_session(
     let mut client = spawn_client_reader(source, protocol, stdin_sender, None);
     let (stdout_sender, mut stdout_receiver) = mpsc::channel::<Bytes>(16);
     let (stderr_sender, mut stderr_receiver) = mpsc::channel::<Bytes>(16);
-    let stdout_follower = tokio::spawn(follow_from_end(
-        paths.stdout,
+    let stdout_follower = tokio::spawn(follow_marked(
+        stdout_end,
         Followed {
             id: container_id.clone(),
             runtime: runtime.clone(),
         },
         stdout_sender,
     ));
-    let stderr_follower = tokio::spawn(follow_from_end(
-        paths.stderr,
+    let stderr_follower = tokio::spawn(follow_marked(
+        stderr_end,
         Followed {
             id: container_id,
             runtime,
@@ -416,6 +421,15 @@ async fn attach_session(
     stdout_follower.abort();
     stderr_follower.abort();
     finish(sink, client, protocol, success_status()).await;
+}
+
+/// A log that could not be marked ends its stream at once, as one that cannot be read would.
+async fn follow_marked(
+    end: std::io::Result<MarkedEnd>,
+    followed: Followed,
+    out: mpsc::Sender<Bytes>,
+) -> std::io::Result<()> {
+    end?.follow(followed, out).await
 }
 
 /// Sends the final status and closes the connection.

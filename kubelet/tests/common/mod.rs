@@ -423,6 +423,8 @@ pub struct ScriptedRuntime {
     stopped: AtomicBool,
     events: broadcast::Sender<RuntimeEvent>,
     script: Option<ExecScript>,
+    /// Where attach's main process writes its answers; without it, attach is refused.
+    attach_log: Option<PathBuf>,
 }
 
 impl ScriptedRuntime {
@@ -433,6 +435,17 @@ impl ScriptedRuntime {
             stopped: AtomicBool::new(false),
             events: broadcast::channel(4).0,
             script: None,
+            attach_log: None,
+        }
+    }
+
+    /// Attach's main process answers each line `l` of its stdin with `got l` in `log` as
+    /// soon as it arrives, and `done` when the input ends, like
+    /// `while read l; do echo "got $l"; done; echo done`.
+    pub fn with_attach_echo(self, log: PathBuf) -> ScriptedRuntime {
+        ScriptedRuntime {
+            attach_log: Some(log),
+            ..self
         }
     }
 
@@ -486,5 +499,32 @@ impl ContainerRuntime for ScriptedRuntime {
             Some(script) if id == self.id => script(config, io).await,
             _ => Err(RuntimeError::NotFound(format!("container {id}"))),
         }
+    }
+    async fn attach(
+        &self,
+        id: &str,
+        mut stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> rkube_cri::Result<()> {
+        let Some(log) = self.attach_log.as_ref().filter(|_| id == self.id) else {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        };
+        let append = |text: String| -> rkube_cri::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            file.write_all(text.as_bytes())?;
+            Ok(())
+        };
+        let mut unfinished = Vec::new();
+        while let Some(data) = stdin.recv().await {
+            unfinished.extend_from_slice(&data);
+            while let Some(end) = unfinished.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = unfinished.drain(..=end).collect();
+                append(format!("got {}", String::from_utf8_lossy(&line)))?;
+            }
+        }
+        append("done\n".to_string())
     }
 }

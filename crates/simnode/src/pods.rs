@@ -1,7 +1,7 @@
 //! The simulated kubelets' pod side: one watch over every bound pod, a keyed work queue,
 //! and workers that either mark a pod Running and Ready or finish its deletion.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -9,79 +9,49 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
 use parking_lot::Mutex;
+use rkube_runtime::workqueue::{Backoff, WorkQueue};
 use serde_json::{json, Value};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::{is_status, now_rfc3339, stopped, Shared, SimNode};
 
 /// namespace/name
 type PodKey = String;
 
-/// A work queue in the style of client-go's: a key is queued at most once, never handed
-/// to two workers at once, and a key that changes while being worked on is queued again
-/// when its worker is done. Workers always act on the latest object seen.
-#[derive(Default)]
-struct WorkQueue {
-    state: Mutex<QueueState>,
-    ready: Notify,
+/// The latest bound pod seen per key, next to rkube-runtime's work queue of keys: a key is
+/// queued at most once and never handed to two workers at once, workers act on the latest
+/// object, and a failed write is retried with backoff (the API server sheds load with 429s
+/// under bursts; a pod whose write was dropped would otherwise stay Pending for good).
+struct PodQueue {
+    keys: Arc<WorkQueue<PodKey>>,
+    latest: Mutex<HashMap<PodKey, Arc<Pod>>>,
 }
 
-#[derive(Default)]
-struct QueueState {
-    latest: HashMap<PodKey, Arc<Pod>>,
-    queue: VecDeque<PodKey>,
-    queued: HashSet<PodKey>,
-    processing: HashSet<PodKey>,
-    dirty: HashSet<PodKey>,
-}
-
-impl WorkQueue {
-    fn upsert(&self, key: PodKey, pod: Arc<Pod>) {
-        let mut s = self.state.lock();
-        s.latest.insert(key.clone(), pod);
-        if s.processing.contains(&key) {
-            s.dirty.insert(key);
-        } else if s.queued.insert(key.clone()) {
-            s.queue.push_back(key);
-            drop(s);
-            self.ready.notify_one();
+impl PodQueue {
+    fn new() -> PodQueue {
+        PodQueue {
+            keys: WorkQueue::new(Backoff::default()),
+            latest: Mutex::new(HashMap::new()),
         }
     }
 
-    fn forget(&self, key: &str) {
-        let mut s = self.state.lock();
-        s.latest.remove(key);
+    fn upsert(&self, key: PodKey, pod: Arc<Pod>) {
+        self.latest.lock().insert(key.clone(), pod);
+        self.keys.add(key);
+    }
+
+    fn forget(&self, key: &PodKey) {
+        self.latest.lock().remove(key);
+        self.keys.forget(key);
     }
 
     /// Latest objects are dropped when a re-list shows them gone.
     fn retain(&self, keep: &HashSet<PodKey>) {
-        self.state.lock().latest.retain(|k, _| keep.contains(k));
+        self.latest.lock().retain(|k, _| keep.contains(k));
     }
 
-    async fn next(&self) -> (PodKey, Option<Arc<Pod>>) {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let mut s = self.state.lock();
-                if let Some(key) = s.queue.pop_front() {
-                    s.queued.remove(&key);
-                    s.processing.insert(key.clone());
-                    let pod = s.latest.get(&key).cloned();
-                    return (key, pod);
-                }
-            }
-            notified.await;
-        }
-    }
-
-    fn done(&self, key: &PodKey) {
-        let mut s = self.state.lock();
-        s.processing.remove(key);
-        if s.dirty.remove(key) && s.queued.insert(key.clone()) {
-            s.queue.push_back(key.clone());
-            drop(s);
-            self.ready.notify_one();
-        }
+    fn latest(&self, key: &PodKey) -> Option<Arc<Pod>> {
+        self.latest.lock().get(key).cloned()
     }
 }
 
@@ -94,17 +64,19 @@ fn key_of(pod: &Pod) -> PodKey {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let queue = Arc::new(WorkQueue::default());
+    let queue = Arc::new(PodQueue::new());
     let workers: Vec<_> = (0..shared.concurrency())
         .map(|_| {
             let (shared, queue) = (shared.clone(), queue.clone());
             tokio::spawn(async move {
-                loop {
-                    let (key, pod) = queue.next().await;
-                    if let Some(pod) = pod {
-                        handle(&shared, &pod).await;
+                while let Some(key) = queue.keys.next().await {
+                    if let Some(pod) = queue.latest(&key) {
+                        match handle(&shared, &pod).await {
+                            Handled::Done => queue.keys.forget(&key),
+                            Handled::Retry => queue.keys.add_rate_limited(key.clone()),
+                        }
                     }
-                    queue.done(&key);
+                    queue.keys.done(&key);
                 }
             })
         })
@@ -146,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Queues a pod if one of our live nodes has something to do for it.
-fn offer(shared: &Shared, queue: &WorkQueue, key: PodKey, pod: Pod) {
+fn offer(shared: &Shared, queue: &PodQueue, key: PodKey, pod: Pod) {
     let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
         return;
     };
@@ -178,14 +150,20 @@ fn needs_start(pod: &Pod) -> bool {
     }
 }
 
-async fn handle(shared: &Shared, pod: &Pod) {
+/// Whether a pod's work is finished or its write should be retried.
+enum Handled {
+    Done,
+    Retry,
+}
+
+async fn handle(shared: &Shared, pod: &Pod) -> Handled {
     let Some(node) = pod
         .spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .and_then(|n| shared.live_node(n))
     else {
-        return;
+        return Handled::Done;
     };
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
@@ -199,18 +177,21 @@ async fn handle(shared: &Shared, pod: &Pod) {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(name, &params).await {
-            Ok(_) => shared.count_deleted(),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+        return match api.delete(name, &params).await {
+            Ok(_) => {
+                shared.count_deleted();
+                Handled::Done
+            }
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Handled::Done,
             Err(e) => {
                 shared.count_error();
-                tracing::debug!(pod = %name, error = %e, "simulated node: finishing deletion failed");
+                tracing::debug!(pod = %name, error = %e, "simulated node: finishing deletion failed; retrying");
+                Handled::Retry
             }
-        }
-        return;
+        };
     }
     if !needs_start(pod) {
-        return;
+        return Handled::Done;
     }
     match api
         .patch_status(
@@ -220,11 +201,15 @@ async fn handle(shared: &Shared, pod: &Pod) {
         )
         .await
     {
-        Ok(_) => shared.count_started(),
-        Err(e) if is_status(&e, 404) => {}
+        Ok(_) => {
+            shared.count_started();
+            Handled::Done
+        }
+        Err(e) if is_status(&e, 404) => Handled::Done,
         Err(e) => {
             shared.count_error();
-            tracing::debug!(pod = %name, error = %e, "simulated node: marking pod running failed");
+            tracing::debug!(pod = %name, error = %e, "simulated node: marking pod running failed; retrying");
+            Handled::Retry
         }
     }
 }
@@ -348,7 +333,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_changed_while_processing_is_handed_out_again_with_the_latest_object() {
-        let q = WorkQueue::default();
+        let q = PodQueue::new();
         let p1 = Arc::new(pod(
             json!({"metadata": {"name": "p", "resourceVersion": "1"}}),
         ));
@@ -357,15 +342,17 @@ mod tests {
         ));
         q.upsert("d/p".into(), p1.clone());
         q.upsert("d/p".into(), p1);
-        let (key, got) = q.next().await;
-        assert_eq!(got.unwrap().metadata.resource_version.as_deref(), Some("1"));
+        let key = q.keys.next().await.unwrap();
+        let got = q.latest(&key).unwrap();
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("1"));
         q.upsert("d/p".into(), p2);
         assert!(
-            q.state.lock().queue.is_empty(),
+            q.keys.is_empty(),
             "a key being processed must not be queued twice"
         );
-        q.done(&key);
-        let (_, got) = q.next().await;
-        assert_eq!(got.unwrap().metadata.resource_version.as_deref(), Some("2"));
+        q.keys.done(&key);
+        let key = q.keys.next().await.unwrap();
+        let got = q.latest(&key).unwrap();
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("2"));
     }
 }

@@ -47,28 +47,26 @@ impl CniNetwork {
     }
 }
 
-/// Runs iptables; `Ok(false)` when it ran and said no (a failed check).
-async fn iptables(args: &[&str]) -> Result<bool> {
-    let output = Command::new("iptables")
+/// Runs iptables on the filter table; `Err` only when it could not be run at all.
+async fn iptables_output(args: &[&str]) -> Result<std::process::Output> {
+    Command::new("iptables")
         .arg("-w")
         .args(["-t", "filter"])
         .args(args)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|err| RuntimeError::Unavailable(format!("running iptables: {err}")))?;
-    Ok(output.status.success())
+        .map_err(|err| RuntimeError::Unavailable(format!("running iptables: {err}")))
 }
 
+/// Runs iptables; `Ok(false)` when it ran and said no (a failed check).
+async fn iptables(args: &[&str]) -> Result<bool> {
+    Ok(iptables_output(args).await?.status.success())
+}
+
+/// Runs iptables; a refusal is an error carrying its stderr.
 async fn run_iptables(args: &[&str]) -> Result<()> {
-    let output = Command::new("iptables")
-        .arg("-w")
-        .args(["-t", "filter"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|err| RuntimeError::Unavailable(format!("running iptables: {err}")))?;
+    let output = iptables_output(args).await?;
     if output.status.success() {
         Ok(())
     } else {

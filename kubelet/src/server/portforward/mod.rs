@@ -214,13 +214,19 @@ async fn bridge(socket: WebSocket, pipe: tokio::io::DuplexStream) {
         let _ = pipe_write.shutdown().await;
     };
     let to_client = async {
-        let mut buf = vec![0u8; 2 * CHUNK];
+        // Read into a shared buffer and hand each chunk on as a frozen slice of it, as the
+        // pod side does, rather than copying every chunk once more.
+        let mut buf = BytesMut::with_capacity(2 * CHUNK);
         loop {
-            match pipe_read.read(&mut buf).await {
+            buf.reserve(2 * CHUNK);
+            match pipe_read.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let data = Bytes::copy_from_slice(&buf[..n]);
-                    if sink.send(Message::Binary(data)).await.is_err() {
+                Ok(_) => {
+                    if sink
+                        .send(Message::Binary(buf.split().freeze()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

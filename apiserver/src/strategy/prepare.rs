@@ -160,15 +160,16 @@ pub fn prepare_update(
             }
         }
     }
-    let old_meta = meta(old).clone();
+    let old_meta = meta(old);
     let meta = meta_mut(new);
-    for owned in ["uid", "creationTimestamp", "namespace", "name"] {
-        match old_meta.get(owned) {
-            Some(v) => meta.insert(owned.into(), v.clone()),
-            None => meta.remove(owned),
-        };
-    }
-    for owned in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for owned in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match old_meta.get(owned) {
             Some(v) => meta.insert(owned.into(), v.clone()),
             None => meta.remove(owned),

@@ -126,15 +126,10 @@ fn classify(method: &Method, uri: &Uri) -> Kind {
         return Kind::Probe;
     }
     if let Ok(Route::Resource(target)) = path::parse(path) {
-        if matches!(
-            target.subresource,
-            Some(
-                Subresource::Log
-                    | Subresource::Exec
-                    | Subresource::Attach
-                    | Subresource::PortForward
-            )
-        ) {
+        if target
+            .subresource
+            .is_some_and(Subresource::is_kubelet_stream)
+        {
             return Kind::Proxy;
         }
         // The same test the dispatcher uses to serve a watch; a query it cannot parse is
@@ -142,8 +137,11 @@ fn classify(method: &Method, uri: &Uri) -> Kind {
         if *method == Method::GET && target.name.is_none() && target.subresource.is_none() {
             if let Ok(params) = Params::from_query(uri.query()) {
                 if params.is_watch() {
-                    let timeout_given = matches!(params.timeout_seconds(), Ok(Some(s)) if s > 0)
-                        || params.timeout_seconds().is_err();
+                    // An unparsable value counts as given: the handler refuses it.
+                    let timeout_given = match params.timeout_seconds() {
+                        Ok(seconds) => seconds.is_some_and(|s| s > 0),
+                        Err(_) => true,
+                    };
                     return Kind::Watch { timeout_given };
                 }
             }

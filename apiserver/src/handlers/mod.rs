@@ -108,16 +108,9 @@ pub async fn dispatch(state: Arc<ApiState>, req: Request) -> ApiResult<Response>
         (&Method::PUT, true, Some(Subresource::Finalize)) => {
             subresource::finalize(state, req).await
         }
-        (
-            _,
-            true,
-            Some(
-                sub @ (Subresource::Log
-                | Subresource::Exec
-                | Subresource::Attach
-                | Subresource::PortForward),
-            ),
-        ) => crate::proxy::to_kubelet(state, req, sub).await,
+        (_, true, Some(sub)) if sub.is_kubelet_stream() => {
+            crate::proxy::to_kubelet(state, req, sub).await
+        }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({} {})",
             req.method,

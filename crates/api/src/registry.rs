@@ -49,6 +49,15 @@ impl Subresource {
         }
     }
 
+    /// Served by the kubelet through the API server's proxy: streams of unbounded length
+    /// (the limiter exempts them from the request timeout, the dispatcher proxies them).
+    pub fn is_kubelet_stream(self) -> bool {
+        matches!(
+            self,
+            Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward
+        )
+    }
+
     /// Discovery verbs for `<resource>/<subresource>`.
     pub fn verbs(self) -> &'static [&'static str] {
         match self {

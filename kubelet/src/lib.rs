@@ -50,15 +50,7 @@ pub enum KubeletError {
     Serve(#[from] std::io::Error),
 }
 
-/// The host's name (for the Hostname address and the default node name).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
+pub use rkube_runtime::component::hostname;
 
 /// Imports every `*.tar` of `dir` (sorted, so the order is stable); failures are logged.
 pub async fn import_images(images: &dyn rkube_cri::ImageService, dir: &std::path::Path) -> usize {

@@ -51,7 +51,11 @@ impl Scheduler {
     pub fn new(client: Client, config: &Config) -> Arc<Scheduler> {
         // As upstream: the source component is the scheduler's name, the reporting
         // instance "<scheduler name>-<hostname>".
-        let instance = format!("{}-{}", config.scheduler_name, hostname());
+        let instance = format!(
+            "{}-{}",
+            config.scheduler_name,
+            rkube_runtime::component::hostname()
+        );
         let events = EventRecorder::new(client.clone(), &config.scheduler_name, &instance);
         Arc::new(Scheduler {
             client,
@@ -398,17 +402,6 @@ impl Scheduler {
         self.events
             .record(object_reference(info.pod.as_ref()), kind, reason, message);
     }
-}
-
-/// The host name for the Events' reporting instance; only a label, so any failure falls
-/// back to "localhost".
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 fn now_rfc3339() -> String {

@@ -19,5 +19,16 @@ pub mod signals;
 pub mod telemetry;
 
 pub use api_server::{ApiServerArgs, ApiServerError, ApiServerTarget};
+
+/// The host's name: the kubelet's default node name and Hostname address, and the
+/// instance in the scheduler's Events. Falls back to "localhost" rather than failing.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
 pub use listen::{ListenArgs, ListenDefaults, ListenError};
 pub use signals::{shutdown_signal, ShutdownSignal, ShutdownSignals};
